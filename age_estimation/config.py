@@ -1,0 +1,87 @@
+"""Load, merge and validate configs: defaults.py + a YAML file + `KEY VALUE` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from yacs.config import CfgNode
+
+from defaults import get_cfg_defaults
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key, has a wrong type or a bad value."""
+
+
+# Keys whose value must be one of a fixed set (registries are checked separately, see validate).
+_CHOICES = {
+    "DATA.LABEL": ("apparent", "real"),
+    "DATA.ON_BAD_IMAGE": ("skip", "error"),
+    "AUG.POLICY": ("none", "basic", "strong"),
+    "MODEL.ORDINAL": ("coral", "corn"),
+    "MODEL.VARIANCE": ("hetero", "homo"),
+    "TRAIN.OPTIMIZER": ("adamw", "sgd"),
+    "TRAIN.SCHEDULE": ("cosine", "step"),
+}
+
+
+def _get(cfg: CfgNode, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: CfgNode) -> None:
+    """Refuse values that are of the right type but meaningless, naming the key."""
+    from age_estimation.data.datasets import DATASETS
+    from age_estimation.models.heads import HEADS
+
+    choices = dict(_CHOICES, **{"DATA.DATASET": tuple(DATASETS), "MODEL.HEAD": tuple(HEADS)})
+    for key, allowed in choices.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key} = {_get(cfg, key)!r}: expected one of {', '.join(allowed)}")
+    if not 0.0 < cfg.DATA.FRACTION <= 1.0:
+        raise ConfigError(f"DATA.FRACTION = {cfg.DATA.FRACTION}: expected a value in (0, 1]")
+    if not 0.0 <= cfg.MODEL.DROPOUT < 1.0:
+        raise ConfigError(f"MODEL.DROPOUT = {cfg.MODEL.DROPOUT}: expected a value in [0, 1)")
+    for key in ("MODEL.IMG_SIZE", "TRAIN.EPOCHS", "TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE"):
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key} = {_get(cfg, key)}: expected a positive value")
+
+
+def load_config(cfg_file: str | None = None, opts: list[str] | None = None,
+                base: CfgNode | None = None) -> CfgNode:
+    """Defaults (or `base`, e.g. a resumed run's config), then the YAML file, then `KEY VALUE`
+    overrides; validated and frozen."""
+    cfg = base.clone() if base is not None else get_cfg_defaults()
+    cfg.defrost()
+    try:
+        if cfg_file:
+            if not Path(cfg_file).is_file():
+                raise ConfigError(f"config file not found: {cfg_file}")
+            cfg.merge_from_file(cfg_file)
+        if opts:
+            if len(opts) % 2:
+                raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd list: {opts}")
+            cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as err:
+        # yacs names the key in its message ("Non-existent config key: X", "Type mismatch ...").
+        where = f" (in {cfg_file})" if cfg_file else ""
+        message = err.args[0] if err.args else str(err)
+        raise ConfigError(f"{message}{where}") from err
+    validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def config_from_string(text: str) -> CfgNode:
+    """Rebuild a config saved as YAML text (e.g. inside a checkpoint); safe_load, no object tags.
+
+    Keys added to defaults.py after the checkpoint was written keep their default values.
+    """
+    cfg = get_cfg_defaults()
+    saved = CfgNode.load_cfg(text)  # yacs parses with yaml.safe_load
+    cfg.merge_from_other_cfg(saved)
+    cfg.freeze()
+    return cfg

@@ -1,0 +1,99 @@
+"""From config to batches: records -> cache -> torch Dataset -> DataLoader."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from yacs.config import CfgNode
+
+from age_estimation.data.cache import build_cache
+from age_estimation.data.datasets import default_data_dir, read_dataset
+from age_estimation.data.records import Record
+from age_estimation.data.sampling import stratified_fraction
+from age_estimation.data.transforms import build_train_transform
+
+logger = logging.getLogger(__name__)
+
+
+class AgeDataset(Dataset):
+    """Cached uint8 faces + labels. Randomness (augmentation, label jitter) is drawn from a
+    generator seeded by (seed, epoch, index), so a batch is the same whichever worker makes it
+    and a resumed run sees exactly the data an uninterrupted one would."""
+
+    def __init__(self, records: list[Record], images: np.ndarray, transform=None,
+                 label_jitter: bool = False, seed: int = 0) -> None:
+        if len(records) != len(images):
+            raise ValueError(f"{len(records)} records but {len(images)} cached images")
+        self.records, self.images = records, images
+        self.transform, self.label_jitter, self.seed = transform, label_jitter, seed
+        self.epoch = 0
+        self.ages = np.array([r.age for r in records], dtype=np.float32)
+        self.age_stds = np.array([r.age_std for r in records], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image = np.asarray(self.images[index])
+        age = float(self.ages[index])
+        if self.transform is not None or self.label_jitter:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            if self.transform is not None:
+                self.transform.set_random_seed(int(rng.integers(2**31)))
+                image = self.transform(image=image)["image"]
+            std = float(self.age_stds[index])
+            if self.label_jitter and math.isfinite(std) and std > 0:
+                age = max(0.0, age + std * float(rng.standard_normal()))
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "age": torch.tensor(age, dtype=torch.float32),
+            "age_std": torch.tensor(self.age_stds[index]),
+            "index": torch.tensor(index),
+        }
+
+
+def resolve_root(dataset: str, root: str) -> str:
+    """DATA.ROOT, or the dataset's folder under the shared data directory when empty."""
+    return root or str(default_data_dir() / dataset)
+
+
+def load_split(cfg: CfgNode, split: str, dataset: str = "", root: str = "") -> tuple[
+        list[Record], np.ndarray]:
+    """Records and cached images of one split of `dataset` at `root` (default: the config's)."""
+    if not dataset:
+        dataset, root = cfg.DATA.DATASET, cfg.DATA.ROOT
+    root = resolve_root(dataset, root)
+    records = read_dataset(dataset, root, split, label=cfg.DATA.LABEL, exclude=cfg.DATA.EXCLUDE)
+    if split == "train" and cfg.DATA.FRACTION < 1.0:
+        total = len(records)
+        records = stratified_fraction(records, cfg.DATA.FRACTION, cfg.TRAIN.SEED)
+        logger.info("DATA.FRACTION %.3g: %d of %d training images", cfg.DATA.FRACTION,
+                    len(records), total)
+    if not records:
+        raise ValueError(f"{dataset} at {root}: no images in split {split!r}")
+    name = f"{dataset}-{Path(root).name}-{split}"
+    images, records = build_cache(records, cfg.MODEL.IMG_SIZE, name, cfg.DATA.CACHE_DIR,
+                                  cfg.DATA.ON_BAD_IMAGE, workers=max(1, cfg.DATA.NUM_WORKERS))
+    return records, images
+
+
+def train_loader(cfg: CfgNode, dataset: AgeDataset, epoch: int) -> DataLoader:
+    """Shuffled by a generator seeded with (seed, epoch): the order depends on nothing else."""
+    dataset.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(cfg.TRAIN.SEED * 100_003 + epoch)
+    return DataLoader(dataset, batch_size=cfg.TRAIN.BATCH_SIZE, shuffle=True,
+                      generator=generator, drop_last=len(dataset) > cfg.TRAIN.BATCH_SIZE,
+                      num_workers=cfg.DATA.NUM_WORKERS, persistent_workers=False)
+
+
+def eval_loader(cfg: CfgNode, records: list[Record], images: np.ndarray) -> DataLoader:
+    return DataLoader(AgeDataset(records, images), batch_size=cfg.TEST.BATCH_SIZE,
+                      shuffle=False, num_workers=cfg.DATA.NUM_WORKERS)

@@ -1,0 +1,140 @@
+"""Inference: every way of getting several predictions per image (test-time views, MC-Dropout
+samples, ensemble members) ends in one Prediction through one mixture rule, `combine`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from age_estimation.models.heads import Prediction
+from age_estimation.models.model import AgeModel
+
+
+def combine(members: Sequence[Prediction]) -> Prediction:
+    """Equal-weight mixture of member distributions (law of total variance):
+    mean = mean of means; aleatoric var = mean of member aleatoric vars (NaN if members have
+    none); epistemic var = variance of member means + mean of member epistemic vars (so nested
+    combinations, e.g. an ensemble of TTA'd models, add up correctly)."""
+    if not members:
+        raise ValueError("combine() needs at least one member")
+    if len(members) == 1:
+        return members[0]
+    means = torch.stack([m.mean for m in members])
+    aleatoric_var = torch.stack([m.std_aleatoric for m in members]).square().mean(dim=0)
+    inner_epistemic_var = torch.stack([m.std_epistemic for m in members]).square().mean(dim=0)
+    epistemic_var = means.var(dim=0, unbiased=False) + inner_epistemic_var
+    return Prediction(means.mean(dim=0), aleatoric_var.sqrt(), epistemic_var.sqrt())
+
+
+def _zoom(images: Tensor, scale: float) -> Tensor:
+    """Centre crop of relative size 1/scale resized back to the input size (scale > 1 zooms in)
+    or the image shrunk inside a replicated border (scale < 1)."""
+    size = images.shape[-1]
+    if scale >= 1.0:
+        crop = round(size / scale)
+        start = (size - crop) // 2
+        patch = images[..., start:start + crop, start:start + crop]
+    else:
+        pad = round(size * (1 / scale - 1) / 2)
+        patch = F.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
+    out = F.interpolate(patch.float(), size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=scale < 1.0)
+    return out.round().clamp(0, 255).to(images.dtype) if images.dtype == torch.uint8 else out
+
+
+# Test-time views, in order: the first N are used for `--tta N`.
+TTA_VIEWS = ("identity", "flip", "zoom_in", "zoom_in_flip", "zoom_out", "zoom_out_flip")
+TTA_ZOOM = 1.1
+
+
+def tta_view(images: Tensor, name: str) -> Tensor:
+    """One named deterministic view of a batch [B, 3, H, W]."""
+    if name.endswith("flip"):
+        images = images.flip(-1)
+        name = name.removesuffix("_flip").removesuffix("flip") or "identity"
+    if name in ("identity", ""):
+        return images
+    if name == "zoom_in":
+        return _zoom(images, TTA_ZOOM)
+    if name == "zoom_out":
+        return _zoom(images, 1 / TTA_ZOOM)
+    raise ValueError(f"unknown TTA view {name!r}: expected one of {', '.join(TTA_VIEWS)}")
+
+
+def parse_tta(spec: str | int | None) -> tuple[str, ...]:
+    """`None`/0/1 -> no TTA; an int N -> the first N of TTA_VIEWS; "flip" -> identity + flip;
+    a comma-separated list of view names -> those views."""
+    if spec in (None, "", 0, 1, "0", "1"):
+        return ("identity",)
+    if isinstance(spec, int) or str(spec).isdigit():
+        n = int(spec)
+        if n > len(TTA_VIEWS):
+            raise ValueError(f"--tta {n}: at most {len(TTA_VIEWS)} views ({', '.join(TTA_VIEWS)})")
+        return TTA_VIEWS[:n]
+    if spec == "flip":
+        return ("identity", "flip")
+    views = tuple(v.strip() for v in str(spec).split(","))
+    for view in views:
+        if view not in TTA_VIEWS:
+            raise ValueError(f"unknown TTA view {view!r}: expected one of {', '.join(TTA_VIEWS)}")
+    return views
+
+
+@contextmanager
+def mc_dropout_mode(model: AgeModel, enabled: bool):
+    """Eval mode everywhere (BatchNorm uses running statistics) except the dropout before the
+    head, which stays stochastic when `enabled`."""
+    was_training = model.training
+    model.eval()
+    model.dropout.train(enabled)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict_batch(model: AgeModel, images: Tensor, views: Sequence[str] = ("identity",),
+                  mc_samples: int = 0, amp: bool = False) -> Prediction:
+    """One Prediction for a batch from one model: for each view the backbone runs once, then the
+    head runs `mc_samples` times with dropout on (MC-Dropout) or once without."""
+    if mc_samples and model.dropout.p == 0:
+        raise ValueError("MC-Dropout needs a model trained with MODEL.DROPOUT > 0 "
+                         "(this checkpoint has no dropout before its head)")
+    members = []
+    device_type = images.device.type
+    with mc_dropout_mode(model, enabled=mc_samples > 0):
+        for view in views:
+            x = tta_view(images, view)
+            if x.dim() == 4 and device_type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+                features = model.features(x)
+            samples = [model.head.predict(model.head_outputs(features))
+                       for _ in range(max(1, mc_samples))]
+            members.append(combine(samples))
+    return combine(members)
+
+
+@torch.no_grad()
+def predict_loader(models: Sequence[AgeModel], batches: Iterable[dict[str, Tensor]],
+                   views: Sequence[str] = ("identity",), mc_samples: int = 0,
+                   amp: bool = False, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Run every model (ensemble members) over every batch; returns arrays keyed
+    index, pred, std, std_aleatoric, std_epistemic (one row per image, in loader order)."""
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "index", "pred", "std", "std_aleatoric", "std_epistemic")}
+    for batch in batches:
+        images = batch["image"].to(device)
+        prediction = combine([predict_batch(m, images, views, mc_samples, amp) for m in models])
+        columns["index"].append(batch["index"].numpy())
+        columns["pred"].append(prediction.mean.float().cpu().numpy())
+        columns["std"].append(prediction.std.float().cpu().numpy())
+        columns["std_aleatoric"].append(prediction.std_aleatoric.float().cpu().numpy())
+        columns["std_epistemic"].append(prediction.std_epistemic.float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.empty(0) for k, v in columns.items()}

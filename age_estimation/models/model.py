@@ -1,0 +1,46 @@
+"""AgeModel = timm backbone -> dropout -> head (see heads.py)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from yacs.config import CfgNode
+
+from age_estimation.models.backbone import create_backbone
+from age_estimation.models.heads import HEADS, Prediction
+
+
+class AgeModel(nn.Module):
+    """Takes uint8 (or already float 0..1) RGB batches [B, 3, H, W]; normalises them itself so
+    data loaders move compact uint8 tensors and exported models take raw pixels."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__()
+        self.backbone = create_backbone(cfg.MODEL.BACKBONE, cfg.MODEL.PRETRAINED)
+        data_cfg = self.backbone.pretrained_cfg
+        mean = torch.tensor(data_cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
+        std = torch.tensor(data_cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
+        self.register_buffer("pixel_mean", mean * 255, persistent=False)
+        self.register_buffer("pixel_std", std * 255, persistent=False)
+        self.dropout = nn.Dropout(cfg.MODEL.DROPOUT)
+        self.head = HEADS[cfg.MODEL.HEAD](self.backbone.num_features, cfg)
+
+    def features(self, images: Tensor) -> Tensor:
+        """Pooled backbone features [B, F] (runs under the caller's autocast, if any)."""
+        if images.dtype == torch.uint8:
+            images = images.float()
+        else:
+            images = images * 255.0
+        images = (images - self.pixel_mean) / self.pixel_std
+        return self.backbone(images)
+
+    def head_outputs(self, features: Tensor) -> Tensor:
+        """Dropout + head, always in float32: a bf16 head would round ages to ~0.25 years."""
+        with torch.autocast(features.device.type, enabled=False):
+            return self.head(self.dropout(features.float()))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head_outputs(self.features(images))
+
+    def predict(self, images: Tensor) -> Prediction:
+        return self.head.predict(self(images))

@@ -1,0 +1,102 @@
+"""The whole configuration tree (single source of truth), one comment per key.
+
+A config file (configs/*.yaml) overrides some of these keys, then `KEY VALUE` pairs on the command
+line override the file. Keys that are not here are refused, as are values of another type.
+"""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# Folder of a run: config.yaml, checkpoints, metrics.csv, predictions, tensorboard logs.
+_C.OUTPUT_DIR = "output/run"
+
+# ---------------------------------------------------------------------------------------------
+_C.DATA = CN()
+# Dataset reader: utkface | appa_real | fgnet | csv (see age_estimation/data/datasets.py).
+_C.DATA.DATASET = "utkface"
+# Dataset folder (csv: the CSV file). Empty = <AGE_ESTIMATION_DATA or ../shared/data>/<DATASET>.
+_C.DATA.ROOT = ""
+# Which label is the target where a dataset has two (APPA-REAL): apparent | real.
+_C.DATA.LABEL = "apparent"
+# Optional file of image names to drop (APPA-REAL's ignore list, as in yu4u's repository).
+_C.DATA.EXCLUDE = ""
+# Share of the train split used for training, stratified by age and seeded by TRAIN.SEED; (0, 1].
+_C.DATA.FRACTION = 1.0
+# Where decoded images are cached (uint8 memmaps keyed by dataset + size). Empty = ~/.cache/...
+_C.DATA.CACHE_DIR = ""
+# What to do with an image that cannot be decoded: skip (counted and logged) | error.
+_C.DATA.ON_BAD_IMAGE = "skip"
+# DataLoader worker processes (0 = load in the main process).
+_C.DATA.NUM_WORKERS = 2
+
+# ---------------------------------------------------------------------------------------------
+_C.AUG = CN()
+# Training augmentation: none | basic (flip, small shift/scale/rotate, colour) | strong (+ more).
+_C.AUG.POLICY = "basic"
+# Sample the training target from N(age, age_std) where the dataset gives age_std (APPA-REAL).
+_C.AUG.LABEL_JITTER = True
+
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# Any timm model name (resnet18, resnet50, efficientnet_b0, mobilenetv3_large_100, ...).
+_C.MODEL.BACKBONE = "resnet18"
+# Initial backbone weights: none | hub (timm's pretrained weights) | path to a local weights file.
+_C.MODEL.PRETRAINED = "none"
+# Square input resolution in pixels (images are cached at this size).
+_C.MODEL.IMG_SIZE = 112
+# Dropout rate on the pooled features, before the head (enables MC-Dropout at test time).
+_C.MODEL.DROPOUT = 0.0
+# Formulation: l1 | l2 | dex | residual_dex | ordinal | gaussian | laplace.
+_C.MODEL.HEAD = "dex"
+# Largest age class for the classification heads (dex, residual_dex, ordinal): ages 0..MAX_AGE.
+_C.MODEL.MAX_AGE = 100
+# Label smoothing of the dex / residual_dex targets (0 = none).
+_C.MODEL.LABEL_SMOOTHING = 0.0
+# Ordinal head variant: coral | corn.
+_C.MODEL.ORDINAL = "coral"
+# Variance of the gaussian / laplace heads: hetero (predicted per image) | homo (one parameter).
+_C.MODEL.VARIANCE = "hetero"
+# Weight of the residual (L1) term of residual_dex relative to its cross-entropy.
+_C.MODEL.RESIDUAL_WEIGHT = 1.0
+
+# ---------------------------------------------------------------------------------------------
+_C.TRAIN = CN()
+# Number of epochs.
+_C.TRAIN.EPOCHS = 30
+# Images per optimisation step.
+_C.TRAIN.BATCH_SIZE = 64
+# Peak learning rate (after warmup).
+_C.TRAIN.LR = 2e-3
+# Optimizer: adamw | sgd (momentum 0.9, nesterov).
+_C.TRAIN.OPTIMIZER = "adamw"
+# Weight decay.
+_C.TRAIN.WEIGHT_DECAY = 0.05
+# Learning-rate schedule: cosine | step (x0.1 at TRAIN.STEPS epochs).
+_C.TRAIN.SCHEDULE = "cosine"
+# Epochs at which the step schedule divides the learning rate by 10.
+_C.TRAIN.STEPS = [20, 25]
+# Linear warmup length in epochs (fractions allowed).
+_C.TRAIN.WARMUP_EPOCHS = 1.0
+# Seed of everything random (weights, data order, augmentation, subsets).
+_C.TRAIN.SEED = 0
+# bf16 autocast (CPU with AVX-512-BF16 / AMX, or CUDA); fp32 when False.
+_C.TRAIN.AMP = True
+# channels_last memory format (faster convolutions on CPU and tensor cores).
+_C.TRAIN.CHANNELS_LAST = True
+# Stop after this many steps per epoch (0 = full epochs); for smoke tests and benchmarks.
+_C.TRAIN.MAX_STEPS_PER_EPOCH = 0
+# Validate every N epochs (the last epoch is always validated).
+_C.TRAIN.EVAL_EVERY = 1
+# torch CPU threads (0 = torch's default).
+_C.TRAIN.THREADS = 0
+
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+# Batch size at evaluation.
+_C.TEST.BATCH_SIZE = 128
+
+
+def get_cfg_defaults() -> CN:
+    """A fresh copy of the default tree (callers may mutate it)."""
+    return _C.clone()
