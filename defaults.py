@@ -64,7 +64,7 @@ _C.MODEL.RESIDUAL_WEIGHT = 1.0
 _C.TRAIN = CN()
 # Number of epochs.
 _C.TRAIN.EPOCHS = 30
-# Images per optimisation step.
+# Images per optimisation step, over all processes (torchrun: each of N takes BATCH_SIZE / N).
 _C.TRAIN.BATCH_SIZE = 64
 # Peak learning rate (after warmup).
 _C.TRAIN.LR = 2e-3
@@ -90,6 +90,12 @@ _C.TRAIN.MAX_STEPS_PER_EPOCH = 0
 _C.TRAIN.EVAL_EVERY = 1
 # torch CPU threads (0 = torch's default).
 _C.TRAIN.THREADS = 0
+# Also write last.pth every N optimisation steps within an epoch (0 = only at epoch ends); a
+# killed run then resumes mid-epoch, losing at most N steps.
+_C.TRAIN.CHECKPOINT_STEPS = 0
+# On a NaN/inf loss: False = stop with an error naming the step (the last checkpoint is kept);
+# True = skip that batch (no update), count it in metrics.csv and go on.
+_C.TRAIN.SKIP_NONFINITE = False
 
 # ---------------------------------------------------------------------------------------------
 _C.TEST = CN()

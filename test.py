@@ -1,14 +1,26 @@
 """Evaluate a checkpoint: python test.py --resume CKPT [--data KIND:PATH] [--split test|valid]
-[--tta N|flip|VIEWS] [--mc-dropout N] [--ensemble CKPT ...] [--out preds.csv]
+[--tta N|POLICY|VIEWS] [--mc-dropout N] [--ensemble CKPT ...] [--sigma-scale-from valid]
+[--out preds.csv]
 
 Prints MAE, CS@5, ChaLearn eps-error (when label stds are known), MAE by age group and by
 attribute, uncertainty quality when the predictions have a spread; writes per-image predictions
-(CSV) and the summary (JSON) next to them.
+(CSV: pred, std, std_aleatoric, std_epistemic[, std_scaled]), the summary (JSON) and, when the
+predictions have a spread, a reliability diagram (<out>.reliability.png) next to them.
+
+Test-time augmentation (--tta): a number N uses the first N views of
+  identity, flip, zoom_in, zoom_in_flip, zoom_out, zoom_out_flip
+(zoom = x1.1 centre crop / shrink inside a replicated border); a policy: none, flip (identity +
+flip; also what a bare --tta means), zoom (identity, zoom_in, zoom_out), all (the 6 views); or a
+comma-separated list of view names, e.g. --tta identity,zoom_in.
+Every source of several predictions per image (views, MC-Dropout samples, ensemble members) is
+combined as an equal-weight mixture: std_epistemic is the spread of the members' means,
+std_aleatoric the mean of the heads' own stds (NaN for l1/l2), std the total.
 """
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from age_estimation.cli import setup_logging
@@ -28,12 +40,18 @@ def main(argv=None) -> int:
                              "(default: the checkpoint's own dataset)")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test", "all"))
     parser.add_argument("--out", default="", help="predictions CSV (default: next to the ckpt)")
-    parser.add_argument("--tta", nargs="?", const="flip", default=None,
-                        help="test-time augmentation: N views, 'flip', or a list of view names")
+    parser.add_argument("--tta", nargs="?", const="flip", default=None, metavar="N|POLICY|VIEWS",
+                        help="test-time augmentation: a number of views (0-6), a policy "
+                             "(none, flip, zoom, all) or comma-separated view names (see above)")
     parser.add_argument("--mc-dropout", type=int, default=0, metavar="N",
-                        help="MC-Dropout samples of the head (needs MODEL.DROPOUT > 0)")
+                        help="MC-Dropout samples of the head per view (needs MODEL.DROPOUT > 0)")
     parser.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
                         help="more checkpoints whose predictions are combined with --resume's")
+    parser.add_argument("--sigma-scale-from", choices=("valid",), default=None,
+                        help="post-hoc recalibration: fit one std multiplier (Gaussian NLL) on "
+                             "the valid split of the checkpoint's own dataset, with the same "
+                             "inference options; report raw and scaled uncertainty metrics")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the MC-Dropout masks")
     parser.add_argument("--batch-size", type=int, default=0, help="override TEST.BATCH_SIZE")
     parser.add_argument("--workers", type=int, default=-1, help="override DATA.NUM_WORKERS")
     args = parser.parse_args(argv)
@@ -44,10 +62,19 @@ def main(argv=None) -> int:
     from age_estimation.data.build import load_split
     from age_estimation.engine.evaluation import predict_records
     from age_estimation.engine.inference import parse_tta
-    from age_estimation.metrics import format_summary, summarize
+    from age_estimation.metrics import (
+        fit_sigma_scale,
+        format_summary,
+        reliability_diagram,
+        summarize,
+        uncertainty_summary,
+    )
 
+    start = time.perf_counter()
     try:
         views = parse_tta(args.tta)
+        if args.mc_dropout < 0:
+            raise ValueError(f"--mc-dropout {args.mc_dropout}: expected a number of samples >= 0")
         loaded = [load_model(p) for p in [args.resume, *args.ensemble]]
         models = [model for model, _ in loaded]
         cfg = loaded[0][1].clone()
@@ -60,10 +87,16 @@ def main(argv=None) -> int:
         if args.workers >= 0:
             cfg.DATA.NUM_WORKERS = args.workers
         kind, root = parse_data_spec(args.data) if args.data else ("", "")
-        records, images = load_split(cfg, args.split, dataset=kind, root=root)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         models = [m.to(device) for m in models]
-        frame = predict_records(models, cfg, records, images, views, args.mc_dropout, device)
+
+        def predict(split: str, dataset: str = "", dataset_root: str = ""):
+            torch.manual_seed(args.seed)  # the same MC-Dropout masks on every run
+            records, images = load_split(cfg, split, dataset=dataset, root=dataset_root)
+            return predict_records(models, cfg, records, images, views, args.mc_dropout, device)
+
+        frame = predict(args.split, kind, root)
+        calibration = predict("valid") if args.sigma_scale_from else None
     except (ConfigError, CheckpointError, DatasetError, BadImageError, FileNotFoundError,
             ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -74,14 +107,42 @@ def main(argv=None) -> int:
     name = f"predictions_{kind + '_' if kind else ''}{args.split}"
     out = Path(args.out) if args.out else ckpt_dir / f"{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
+    scale = None
+    if calibration is not None:
+        scale = fit_sigma_scale(calibration["pred"], calibration["std"], calibration["age"])
+        frame["std_scaled"] = frame["std"] * scale
     frame.to_csv(out, index=False)
     summary = summarize(frame)
     summary["inference"] = {"checkpoints": [args.resume, *args.ensemble], "tta": list(views),
-                            "mc_dropout": args.mc_dropout, "split": args.split,
-                            "data": args.data or f"{cfg.DATA.DATASET}:{cfg.DATA.ROOT}"}
+                            "mc_dropout": args.mc_dropout, "seed": args.seed,
+                            "split": args.split,
+                            "data": args.data or f"{cfg.DATA.DATASET}:{cfg.DATA.ROOT}",
+                            "seconds": time.perf_counter() - start}
+    figures = []
+    if summary["uncertainty"]["n_uncertainty"]:
+        figures.append(reliability_diagram(frame, out.with_suffix(".reliability.png"),
+                                           title=f"{name}: raw std"))
+    if scale is not None:
+        if args.sigma_scale_from == args.split and not args.data:
+            print("warning: the sigma scale is fitted on the evaluated split itself",
+                  file=sys.stderr)
+        summary["sigma_scale"] = {"value": scale, "fitted_on": args.sigma_scale_from,
+                                  "n_fit": len(calibration)}
+        summary["uncertainty_scaled"] = uncertainty_summary(frame, std_column="std_scaled")
+        if summary["uncertainty_scaled"]["n_uncertainty"]:
+            figures.append(reliability_diagram(
+                frame, out.with_suffix(".reliability_scaled.png"), std_column="std_scaled",
+                title=f"{name}: std x {scale:.3f}"))
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=float))
     print(format_summary(summary))
+    if scale is not None:
+        scaled = summary["uncertainty_scaled"]
+        print(f"\nSigma-scaled (x{scale:.3f}, fitted on {args.sigma_scale_from}): "
+              f"NLL {scaled['nll']:.3f}  coverage@90 {scaled['coverage_90']:.3f}  "
+              f"calibration error {scaled['calibration_error']:.4f}")
     print(f"predictions: {out}")
+    for figure in figures:
+        print(f"reliability diagram: {figure}")
     return 0
 
 

@@ -1,6 +1,10 @@
-"""Train an age model: python train.py --cfg configs/X.yaml [KEY VALUE ...] [--resume DIR|CKPT]"""
+"""Train an age model: python train.py --cfg configs/X.yaml [KEY VALUE ...] [--resume DIR|CKPT]
+
+Several processes (CPU or GPUs, one or more machines): torchrun --nproc_per_node N train.py ...
+"""
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -10,7 +14,8 @@ from age_estimation.engine.checkpoint import CheckpointError, load_checkpoint
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", default="", help="YAML config file (see configs/)")
     parser.add_argument("--resume", default="",
                         help="continue a run: its OUTPUT_DIR (uses last.pth) or a checkpoint; "
@@ -26,11 +31,31 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    setup_logging(Path(cfg.OUTPUT_DIR) / "train.log")
-    from age_estimation.engine.trainer import Trainer
+    import torch.distributed as dist
 
-    best = Trainer(cfg, resume=args.resume).fit()
-    print(f"best valid MAE {best:.3f}  ({cfg.OUTPUT_DIR})")
+    from age_estimation.data.cache import BadImageError
+    from age_estimation.data.datasets import DatasetError
+    from age_estimation.engine.trainer import NonFiniteLossError, Trainer, init_distributed
+
+    rank, _ = init_distributed()
+    # Only rank 0 logs progress (and owns train.log); the others report warnings and errors.
+    if rank == 0:
+        setup_logging(Path(cfg.OUTPUT_DIR) / "train.log")
+    else:
+        setup_logging(None, level=logging.WARNING)
+    try:
+        best = Trainer(cfg, resume=args.resume).fit()
+    except (ConfigError, DatasetError, BadImageError, FileNotFoundError) as err:  # no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        logging.getLogger("train").error("%s", err)
+        return 3
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"best valid MAE {best:.3f}  ({cfg.OUTPUT_DIR})")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from yacs.config import CfgNode
 
 from defaults import get_cfg_defaults
@@ -50,6 +51,21 @@ def validate(cfg: CfgNode) -> None:
             raise ConfigError(f"{key} = {_get(cfg, key)}: expected a positive value")
 
 
+def _merge_file(cfg: CfgNode, path: Path, depth: int = 0) -> None:
+    """Merge a YAML file into cfg; a top-level `_BASE_: other.yaml` (relative to the file) is
+    merged first, so a config states only what differs from its base (as in detectron2)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if depth > 8:
+        raise ConfigError(f"{path}: _BASE_ chain deeper than 8 files (a cycle?)")
+    with open(path) as handle:
+        loaded = CfgNode.load_cfg(handle)  # yaml.safe_load underneath
+    base = loaded.pop("_BASE_", None)
+    if base:
+        _merge_file(cfg, path.parent / base, depth + 1)
+    cfg.merge_from_other_cfg(loaded)
+
+
 def load_config(cfg_file: str | None = None, opts: list[str] | None = None,
                 base: CfgNode | None = None) -> CfgNode:
     """Defaults (or `base`, e.g. a resumed run's config), then the YAML file, then `KEY VALUE`
@@ -58,9 +74,7 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None,
     cfg.defrost()
     try:
         if cfg_file:
-            if not Path(cfg_file).is_file():
-                raise ConfigError(f"config file not found: {cfg_file}")
-            cfg.merge_from_file(cfg_file)
+            _merge_file(cfg, Path(cfg_file))
         if opts:
             if len(opts) % 2:
                 raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd list: {opts}")
@@ -81,7 +95,13 @@ def config_from_string(text: str) -> CfgNode:
     Keys added to defaults.py after the checkpoint was written keep their default values.
     """
     cfg = get_cfg_defaults()
-    saved = CfgNode.load_cfg(text)  # yacs parses with yaml.safe_load
-    cfg.merge_from_other_cfg(saved)
+    try:
+        saved = CfgNode.load_cfg(text)  # yacs parses with yaml.safe_load
+        cfg.merge_from_other_cfg(saved)
+    except yaml.YAMLError as err:  # e.g. a !!python/object tag, which safe_load never builds
+        raise ConfigError(f"the saved config is not plain YAML and was refused: "
+                          f"{str(err).splitlines()[0]}") from err
+    except (KeyError, ValueError, AssertionError) as err:
+        raise ConfigError(f"the saved config does not fit this version's keys: {err}") from err
     cfg.freeze()
     return cfg

@@ -58,7 +58,7 @@ def test_bad_image_error_policy_names_the_file(tmp_path):
     records = make_images(tmp_path, n=1)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     records.append(Record(str(tmp_path / "broken.jpg"), 30.0, "broken.jpg"))
-    with pytest.raises(BadImageError, match="broken.jpg"):
+    with pytest.raises(BadImageError, match=r"broken\.jpg"):
         build_cache(records, 16, "t", tmp_path / "cache", on_bad_image="error")
 
 
@@ -72,5 +72,5 @@ def test_load_image_converts_grey_rgba_and_16bit_to_rgb(tmp_path):
     assert load_image(str(grey)).shape == (8, 8, 3) and (load_image(str(grey)) == 77).all()
     assert load_image(str(rgba))[0, 0].tolist() == [30, 20, 10]  # BGR on disk -> RGB
     assert load_image(str(deep)).dtype == np.uint8 and (load_image(str(deep)) == 255).all()
-    with pytest.raises(BadImageError, match="missing.jpg"):
+    with pytest.raises(BadImageError, match=r"missing\.jpg"):
         load_image(str(tmp_path / "missing.jpg"))

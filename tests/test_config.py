@@ -63,7 +63,7 @@ def test_dump_round_trip_and_no_object_tags():
     cfg = load_config(None, ["MODEL.HEAD", "laplace", "TRAIN.STEPS", "[3, 4]"])
     again = config_from_string(cfg.dump())
     assert again == cfg
-    with pytest.raises(Exception):  # yaml.safe_load refuses python object tags
+    with pytest.raises(ConfigError):  # yaml.safe_load refuses python object tags
         config_from_string("MODEL: !!python/object/apply:os.system ['echo pwned']\n")
 
 
@@ -79,3 +79,18 @@ def test_train_cli_reports_config_errors_without_traceback():
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "MODEL.NOPE" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_base_file_is_merged_first(tmp_path):
+    (tmp_path / "base.yaml").write_text("MODEL:\n  HEAD: l1\n  IMG_SIZE: 80\n")
+    (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nMODEL:\n  IMG_SIZE: 64\n")
+    cfg = load_config(str(tmp_path / "child.yaml"))
+    assert (cfg.MODEL.HEAD, cfg.MODEL.IMG_SIZE) == ("l1", 64)
+    (tmp_path / "loop.yaml").write_text("_BASE_: loop.yaml\n")
+    with pytest.raises(ConfigError, match="deeper"):
+        load_config(str(tmp_path / "loop.yaml"))
+
+
+def test_shipped_formulation_configs_select_their_head():
+    heads = {load_config(str(p)).MODEL.HEAD for p in (REPO / "configs").glob("utkface_*.yaml")}
+    assert heads == {"l1", "l2", "dex", "residual_dex", "ordinal", "gaussian", "laplace"}

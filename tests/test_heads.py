@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from age_estimation.models.heads import HEADS, AGE_CENTER, AGE_SCALE
+from age_estimation.models.heads import AGE_CENTER, AGE_SCALE, HEADS
 from defaults import get_cfg_defaults
 
 

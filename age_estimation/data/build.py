@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from yacs.config import CfgNode
 
 from age_estimation.data.cache import build_cache
 from age_estimation.data.datasets import default_data_dir, read_dataset
 from age_estimation.data.records import Record
 from age_estimation.data.sampling import stratified_fraction
-from age_estimation.data.transforms import build_train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +84,55 @@ def load_split(cfg: CfgNode, split: str, dataset: str = "", root: str = "") -> t
     return records, images
 
 
-def train_loader(cfg: CfgNode, dataset: AgeDataset, epoch: int) -> DataLoader:
-    """Shuffled by a generator seeded with (seed, epoch): the order depends on nothing else."""
+def steps_per_epoch(cfg: CfgNode, n: int) -> int:
+    """Optimisation steps in an epoch of `n` images: full global batches (one short batch when
+    the set is smaller than a batch), capped by TRAIN.MAX_STEPS_PER_EPOCH."""
+    steps = max(1, n // cfg.TRAIN.BATCH_SIZE)
+    return min(steps, cfg.TRAIN.MAX_STEPS_PER_EPOCH) if cfg.TRAIN.MAX_STEPS_PER_EPOCH else steps
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """The epoch's shuffled order, a function of (seed, epoch) only, cut into global batches of
+    `batch_size`; yields this rank's contiguous share of each batch, from batch `start` on.
+
+    Plays the part of torch's DistributedSampler, but a step's global batch is the same images
+    whatever the number of processes (so TRAIN.BATCH_SIZE means the same thing with 1 or N), and
+    a resumed epoch starts at batch `start` without decoding or augmenting the skipped images.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, steps: int,
+                 start: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.batch_size, self.steps, self.start = n, min(batch_size, n), steps, start
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator)
+        for step in range(self.start, self.steps):
+            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
+            share = len(batch) * self.rank // self.world_size
+            yield batch[share:len(batch) * (self.rank + 1) // self.world_size].tolist()
+
+
+def train_loader(cfg: CfgNode, dataset: AgeDataset, epoch: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1) -> DataLoader:
+    """This rank's batches of `epoch` from step `start_step`: the order depends on nothing but
+    (TRAIN.SEED, epoch), so a run resumed mid-epoch sees exactly the batches it would have."""
     dataset.set_epoch(epoch)
+    sampler = EpochBatchSampler(len(dataset), cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.SEED, epoch,
+                                steps_per_epoch(cfg, len(dataset)), start_step, rank, world_size)
+    # An explicit generator for the workers' base seed: otherwise the DataLoader draws it from
+    # torch's global RNG, which dropout uses, and a resumed run's dropout masks would shift.
     generator = torch.Generator().manual_seed(cfg.TRAIN.SEED * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=cfg.TRAIN.BATCH_SIZE, shuffle=True,
-                      generator=generator, drop_last=len(dataset) > cfg.TRAIN.BATCH_SIZE,
+    return DataLoader(dataset, batch_sampler=sampler, generator=generator,
                       num_workers=cfg.DATA.NUM_WORKERS, persistent_workers=False)
 
 
 def eval_loader(cfg: CfgNode, records: list[Record], images: np.ndarray) -> DataLoader:
+    # A fixed generator keeps validation from drawing on torch's global RNG (see train_loader).
     return DataLoader(AgeDataset(records, images), batch_size=cfg.TEST.BATCH_SIZE,
-                      shuffle=False, num_workers=cfg.DATA.NUM_WORKERS)
+                      shuffle=False, num_workers=cfg.DATA.NUM_WORKERS,
+                      generator=torch.Generator().manual_seed(0))

@@ -3,7 +3,7 @@ samples, ensemble members) ends in one Prediction through one mixture rule, `com
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -50,43 +50,56 @@ def _zoom(images: Tensor, scale: float) -> Tensor:
 # Test-time views, in order: the first N are used for `--tta N`.
 TTA_VIEWS = ("identity", "flip", "zoom_in", "zoom_in_flip", "zoom_out", "zoom_out_flip")
 TTA_ZOOM = 1.1
+# Named view sets for `--tta POLICY`.
+TTA_POLICIES: dict[str, tuple[str, ...]] = {
+    "none": ("identity",),
+    "flip": ("identity", "flip"),
+    "zoom": ("identity", "zoom_in", "zoom_out"),
+    "all": TTA_VIEWS,
+}
 
 
 def tta_view(images: Tensor, name: str) -> Tensor:
-    """One named deterministic view of a batch [B, 3, H, W]."""
+    """One named deterministic view of a batch [B, 3, H, W] (see TTA_VIEWS)."""
+    if name not in TTA_VIEWS:
+        raise ValueError(f"unknown TTA view {name!r}: expected one of {', '.join(TTA_VIEWS)}")
+    base = name.removesuffix("flip").removesuffix("_") or "identity"
     if name.endswith("flip"):
         images = images.flip(-1)
-        name = name.removesuffix("_flip").removesuffix("flip") or "identity"
-    if name in ("identity", ""):
-        return images
-    if name == "zoom_in":
+    if base == "zoom_in":
         return _zoom(images, TTA_ZOOM)
-    if name == "zoom_out":
+    if base == "zoom_out":
         return _zoom(images, 1 / TTA_ZOOM)
-    raise ValueError(f"unknown TTA view {name!r}: expected one of {', '.join(TTA_VIEWS)}")
+    return images
 
 
 def parse_tta(spec: str | int | None) -> tuple[str, ...]:
-    """`None`/0/1 -> no TTA; an int N -> the first N of TTA_VIEWS; "flip" -> identity + flip;
-    a comma-separated list of view names -> those views."""
-    if spec in (None, "", 0, 1, "0", "1"):
+    """The views of a `--tta` value: None/0/1 -> identity only; an int N -> the first N of
+    TTA_VIEWS; a TTA_POLICIES name; or a comma-separated list of distinct TTA_VIEWS names."""
+    if spec is None or str(spec).strip() == "":
         return ("identity",)
-    if isinstance(spec, int) or str(spec).isdigit():
-        n = int(spec)
-        if n > len(TTA_VIEWS):
-            raise ValueError(f"--tta {n}: at most {len(TTA_VIEWS)} views ({', '.join(TTA_VIEWS)})")
-        return TTA_VIEWS[:n]
-    if spec == "flip":
-        return ("identity", "flip")
-    views = tuple(v.strip() for v in str(spec).split(","))
+    text = str(spec).strip()
+    if text.lstrip("-").isdigit():
+        n = int(text)
+        if not 0 <= n <= len(TTA_VIEWS):
+            raise ValueError(f"--tta {n}: expected 0..{len(TTA_VIEWS)} views "
+                             f"({', '.join(TTA_VIEWS)})")
+        return TTA_VIEWS[:max(n, 1)]
+    if text in TTA_POLICIES:
+        return TTA_POLICIES[text]
+    views = tuple(v.strip() for v in text.split(","))
     for view in views:
         if view not in TTA_VIEWS:
-            raise ValueError(f"unknown TTA view {view!r}: expected one of {', '.join(TTA_VIEWS)}")
+            raise ValueError(f"unknown TTA view {view!r}: expected a number, a policy "
+                             f"({', '.join(TTA_POLICIES)}) or views from {', '.join(TTA_VIEWS)}")
+    if len(set(views)) != len(views):
+        # A repeated view would silently weigh itself twice in the mixture.
+        raise ValueError(f"--tta {text}: a view is listed twice")
     return views
 
 
 @contextmanager
-def mc_dropout_mode(model: AgeModel, enabled: bool):
+def mc_dropout_mode(model: AgeModel, enabled: bool) -> Iterator[None]:
     """Eval mode everywhere (BatchNorm uses running statistics) except the dropout before the
     head, which stays stochastic when `enabled`."""
     was_training = model.training
@@ -103,6 +116,8 @@ def predict_batch(model: AgeModel, images: Tensor, views: Sequence[str] = ("iden
                   mc_samples: int = 0, amp: bool = False) -> Prediction:
     """One Prediction for a batch from one model: for each view the backbone runs once, then the
     head runs `mc_samples` times with dropout on (MC-Dropout) or once without."""
+    if mc_samples < 0:
+        raise ValueError(f"mc_samples must be >= 0, got {mc_samples}")
     if mc_samples and model.dropout.p == 0:
         raise ValueError("MC-Dropout needs a model trained with MODEL.DROPOUT > 0 "
                          "(this checkpoint has no dropout before its head)")

@@ -1,23 +1,28 @@
-"""The training loop: AMP, channels_last, per-epoch validation, atomic checkpoints, resume."""
+"""The training loop: AMP, channels_last, DDP, per-epoch validation, atomic checkpoints (every
+epoch and optionally every N steps) and exact resume."""
 
 from __future__ import annotations
 
 import csv
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from yacs.config import CfgNode
 
-from age_estimation.data.build import AgeDataset, load_split, train_loader
+from age_estimation.config import ConfigError
+from age_estimation.data.build import AgeDataset, load_split, steps_per_epoch, train_loader
 from age_estimation.data.transforms import build_train_transform
 from age_estimation.engine.checkpoint import load_checkpoint, save_checkpoint
 from age_estimation.engine.evaluation import predict_records
@@ -25,7 +30,8 @@ from age_estimation.models.model import AgeModel
 
 logger = logging.getLogger(__name__)
 
-METRICS_COLUMNS = ("epoch", "train_loss", "valid_mae", "lr", "epoch_seconds", "images_per_s")
+METRICS_COLUMNS = ("epoch", "train_loss", "valid_mae", "lr", "epoch_seconds", "images_per_s",
+                   "skipped_nonfinite")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,6 +42,38 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on
+    CPU. Returns (rank, world size); (0, 1) for a plain single-process run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def rng_state() -> dict:
+    """Every global RNG this process draws from (torch CPU and CUDA for dropout; numpy and
+    Python for completeness), as plain data that a weights_only load accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    if state.get("numpy") is not None:
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if state.get("python") is not None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
 
 
 def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -50,92 +88,171 @@ def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer, steps_per_ep
 
 
 class Trainer:
-    """Builds everything from a config and trains; `Trainer(cfg).fit()`."""
+    """Builds everything from a config and trains; `Trainer(cfg).fit()`.
+
+    Under torchrun every process trains on its share of each global batch (DDP); rank 0 alone
+    validates, logs, and writes checkpoints, metrics and tensorboard files.
+    """
 
     def __init__(self, cfg: CfgNode, resume: str = "") -> None:
         self.cfg = cfg
         self.out = Path(cfg.OUTPUT_DIR)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.rank, self.world_size = init_distributed()
+        if cfg.TRAIN.BATCH_SIZE % self.world_size:
+            raise ConfigError(f"TRAIN.BATCH_SIZE = {cfg.TRAIN.BATCH_SIZE} is the global batch: it "
+                             f"must be divisible by the {self.world_size} processes")
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.device = torch.device("cpu")
         if cfg.TRAIN.THREADS:
             torch.set_num_threads(cfg.TRAIN.THREADS)
         seed_everything(cfg.TRAIN.SEED)
+        # Rank 0 decodes the images into the cache; the others then read that cache.
+        if self.rank:
+            dist.barrier()
         self.train_records, train_images = load_split(cfg, "train")
         self.valid_records, self.valid_images = load_split(cfg, "valid")
+        if self.world_size > 1 and not self.rank:
+            dist.barrier()
         self.train_set = AgeDataset(self.train_records, train_images,
                                     build_train_transform(cfg.AUG.POLICY),
                                     label_jitter=cfg.AUG.LABEL_JITTER, seed=cfg.TRAIN.SEED)
-        self.steps_per_epoch = len(train_loader(cfg, self.train_set, 0))
-        if cfg.TRAIN.MAX_STEPS_PER_EPOCH:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.TRAIN.MAX_STEPS_PER_EPOCH)
+        self.steps_per_epoch = steps_per_epoch(cfg, len(self.train_set))
         self.model = AgeModel(cfg).to(self.device)
         if cfg.TRAIN.CHANNELS_LAST:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.net: torch.nn.Module = self.model
+        if self.world_size > 1:
+            # Same initial weights everywhere (DDP also broadcasts rank 0's), own dropout stream.
+            torch.manual_seed(int(np.random.SeedSequence([cfg.TRAIN.SEED, self.rank])
+                                  .generate_state(1)[0]))
+            self.net = DistributedDataParallel(self.model)
         self.optimizer = create_optimizer_v2(
             self.model, opt=cfg.TRAIN.OPTIMIZER, lr=cfg.TRAIN.LR,
             weight_decay=cfg.TRAIN.WEIGHT_DECAY, **({"momentum": 0.9, "nesterov": True}
                                                      if cfg.TRAIN.OPTIMIZER == "sgd" else {}))
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
-        self.start_epoch, self.best_mae = 0, math.inf
+        self.start_epoch, self.start_step, self.best_mae = 0, 0, math.inf
+        self.epoch_stats = self._new_stats()
         if resume:
             self._resume(resume)
-        logger.info("train %d images, valid %d, %d steps/epoch, %s on %s",
+        logger.info("train %d images, valid %d, %d steps/epoch, %s on %s x %d",
                     len(self.train_records), len(self.valid_records), self.steps_per_epoch,
-                    cfg.MODEL.BACKBONE, self.device)
+                    cfg.MODEL.BACKBONE, self.device.type, self.world_size)
+
+    @staticmethod
+    def _new_stats() -> dict:
+        """Running sums of an epoch, checkpointed mid-epoch so a resumed epoch reports the same."""
+        return {"loss_sum": 0.0, "seen": 0, "skipped": 0}
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def _state(self, epoch: int) -> dict:
-        return {
+    def _rng_states(self) -> list[dict]:
+        """Every rank's RNG states, rank by rank (a collective under DDP)."""
+        if self.world_size == 1:
+            return [rng_state()]
+        states: list = [None] * self.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
+
+    def _save(self, name: str, rngs: list[dict], epoch: int, step: int = 0) -> None:
+        """Checkpoint after `step` steps of epoch `epoch` (0-based; step 0: the epoch's start,
+        i.e. `epoch` epochs completed). Only rank 0 writes."""
+        if self.rank:
+            return
+        save_checkpoint({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,  # number of completed epochs
+            "epoch": epoch,
+            "step": step,
+            "epoch_stats": dict(self.epoch_stats),
             "best_mae": self.best_mae,
             "config": self.cfg.dump(),
-            "torch_rng": torch.get_rng_state(),
-        }
+            "rng": rngs,
+        }, self.out / name)
 
     def _resume(self, path: str) -> None:
         state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        # Checkpoints from before per-rank RNG states held rank 0's torch state only.
+        rngs = state.get("rng") or [{"torch": state["torch_rng"]}]
+        if len(rngs) == self.world_size:
+            set_rng_state(rngs[self.rank])
+        else:
+            logger.warning("checkpoint written by %d process(es), resuming on %d: dropout RNG "
+                           "streams are reseeded, so the run will not repeat bit for bit",
+                           len(rngs), self.world_size)
+            torch.manual_seed(int(np.random.SeedSequence(
+                [self.cfg.TRAIN.SEED, self.rank, int(state["epoch"])]).generate_state(1)[0]))
         self.start_epoch, self.best_mae = int(state["epoch"]), float(state["best_mae"])
-        self._truncate_metrics(self.start_epoch)
-        logger.info("resumed from %s at epoch %d (best valid MAE %.3f)", path, self.start_epoch,
-                    self.best_mae)
+        self.start_step = int(state.get("step", 0))
+        if self.start_step:
+            self.epoch_stats = dict(state["epoch_stats"])
+        if not self.rank:
+            self._truncate_metrics(self.start_epoch)
+        logger.info("resumed from %s at epoch %d, step %d (best valid MAE %.3f)", path,
+                    self.start_epoch, self.start_step, self.best_mae)
 
     # -- loop ------------------------------------------------------------------------------------
-    def train_one_epoch(self, epoch: int) -> tuple[float, float]:
-        """Returns (mean train loss, images per second)."""
-        cfg, model = self.cfg, self.model
-        model.train()
-        loader = train_loader(cfg, self.train_set, epoch)
-        total_loss, seen, start = 0.0, 0, time.perf_counter()
-        progress = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}",
-                        leave=False, disable=None, mininterval=5)
-        for step, batch in enumerate(progress):
-            if step >= self.steps_per_epoch:
-                break
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (they must agree to skip or stop together)."""
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if self.world_size > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite)
+
+    def train_one_epoch(self, epoch: int, start_step: int = 0) -> tuple[float, float]:
+        """Train steps `start_step`.. of `epoch`; returns (mean train loss, images per second)."""
+        cfg, stats = self.cfg, self.epoch_stats
+        self.net.train()
+        loader = train_loader(cfg, self.train_set, epoch, start_step, self.rank, self.world_size)
+        seen_before, start = stats["seen"], time.perf_counter()
+        progress = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}", leave=False,
+                        disable=True if self.rank else None, mininterval=5)
+        for step, batch in enumerate(progress, start=start_step):
             images = batch["image"].to(self.device, non_blocking=True)
             if cfg.TRAIN.CHANNELS_LAST:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = {k: v.to(self.device) for k, v in batch.items() if k != "image"}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.TRAIN.AMP):
-                outputs = model(images)
-            loss = model.head.loss(outputs, targets).mean()
-            if not torch.isfinite(loss):
+                outputs = self.net(images)
+            loss = self.model.head.loss(outputs, targets).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self._all_finite(loss):
+                loss.backward()
+                self.optimizer.step()
+                stats["loss_sum"] += loss.item() * len(images)
+                stats["seen"] += len(images)
+            elif cfg.TRAIN.SKIP_NONFINITE:
+                stats["skipped"] += 1
+                logger.warning("non-finite loss at epoch %d, step %d: batch skipped (%d skipped "
+                               "this epoch)", epoch + 1, step + 1, stats["skipped"])
+            else:
+                last = self.out / "last.pth"
+                kept = (f"the last good checkpoint is {last}" if last.is_file()
+                        else "no checkpoint had been written yet")
                 raise NonFiniteLossError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint is {self.out / 'last.pth'}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+                    f"{kept} (TRAIN.SKIP_NONFINITE True skips such batches)")
+            # The schedule follows the step count, skipped batches included.
             self.scheduler.step_update(epoch * self.steps_per_epoch + step + 1)
-            total_loss += loss.item() * len(images)
-            seen += len(images)
-            progress.set_postfix(loss=f"{total_loss / seen:.3f}")
-        return total_loss / max(seen, 1), seen / (time.perf_counter() - start)
+            if stats["seen"]:
+                progress.set_postfix(loss=f"{stats['loss_sum'] / stats['seen']:.3f}")
+            every = cfg.TRAIN.CHECKPOINT_STEPS
+            if every and (step + 1) % every == 0 and step + 1 < self.steps_per_epoch:
+                self._save("last.pth", self._rng_states(), epoch, step + 1)
+        if stats["skipped"] == self.steps_per_epoch:
+            raise NonFiniteLossError(f"every batch of epoch {epoch + 1} had a non-finite loss: "
+                                     f"the weights have diverged (lower TRAIN.LR?)")
+        totals = torch.tensor([stats["loss_sum"], stats["seen"], stats["seen"] - seen_before],
+                              dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(totals)  # over all ranks' images
+        loss_sum, seen, seen_now = totals.tolist()
+        return loss_sum / max(seen, 1), seen_now / (time.perf_counter() - start)
 
     def validate(self):
         frame = predict_records([self.model], self.cfg, self.valid_records, self.valid_images,
@@ -143,34 +260,46 @@ class Trainer:
         return float((frame["pred"] - frame["age"]).abs().mean()), frame
 
     def fit(self) -> float:
-        """Train to TRAIN.EPOCHS (from the resumed epoch); returns the best valid MAE."""
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(cfg.dump())
-        writer = SummaryWriter(str(self.out / "tb"))
+        """Train to TRAIN.EPOCHS (from the resumed epoch and step); returns the best valid MAE
+        (rank 0's; other ranks return NaN)."""
+        cfg, writer = self.cfg, None
+        if not self.rank:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(".*.pth.*.tmp"):  # left by a kill during a save
+                stale.unlink()
+            (self.out / "config.yaml").write_text(cfg.dump())
+            writer = SummaryWriter(str(self.out / "tb"))
         for epoch in range(self.start_epoch, cfg.TRAIN.EPOCHS):
             start = time.perf_counter()
-            train_loss, speed = self.train_one_epoch(epoch)
+            train_loss, speed = self.train_one_epoch(
+                epoch, self.start_step if epoch == self.start_epoch else 0)
+            rngs = self._rng_states()
             last = epoch + 1 == cfg.TRAIN.EPOCHS
             valid_mae = math.nan
-            if last or (epoch + 1) % cfg.TRAIN.EVAL_EVERY == 0:
+            # Rank 0 validates alone (see docs/distributed.md) while the others wait in the next
+            # collective: the numbers are those of a single-process run, and the split is small.
+            if not self.rank and (last or (epoch + 1) % cfg.TRAIN.EVAL_EVERY == 0):
                 valid_mae, frame = self.validate()
                 if valid_mae < self.best_mae:
                     self.best_mae = valid_mae
-                    save_checkpoint(self._state(epoch + 1), self.out / "best.pth")
+                    self._save("best.pth", rngs, epoch + 1)
                     frame.to_csv(self.out / "predictions_valid.csv", index=False)
             lr = self.optimizer.param_groups[0]["lr"]
-            row = (epoch + 1, train_loss, valid_mae, lr, time.perf_counter() - start, speed)
-            self._append_metrics(row)
-            for name, value in zip(METRICS_COLUMNS[1:], row[1:]):
-                if math.isfinite(value):
-                    writer.add_scalar(name, value, epoch + 1)
-            save_checkpoint(self._state(epoch + 1), self.out / "last.pth")
-            logger.info("epoch %d/%d  loss %.4f  valid MAE %.3f  (best %.3f)  %.0f img/s  %.0fs",
-                        epoch + 1, cfg.TRAIN.EPOCHS, train_loss, valid_mae, self.best_mae,
-                        speed, row[4])
-        writer.close()
-        return self.best_mae
+            row = (epoch + 1, train_loss, valid_mae, lr, time.perf_counter() - start, speed,
+                   self.epoch_stats["skipped"])
+            self.epoch_stats = self._new_stats()
+            if writer is not None:
+                self._append_metrics(row)
+                for name, value in zip(METRICS_COLUMNS[1:], row[1:]):
+                    if math.isfinite(value):
+                        writer.add_scalar(name, value, epoch + 1)
+            self._save("last.pth", rngs, epoch + 1)
+            logger.info("epoch %d/%d  loss %.4f  valid MAE %.3f  (best %.3f)  %.0f img/s  %.0fs"
+                        "  %d non-finite skipped", epoch + 1, cfg.TRAIN.EPOCHS, train_loss,
+                        valid_mae, self.best_mae, speed, row[4], row[6])
+        if writer is not None:
+            writer.close()
+        return self.best_mae if not self.rank else math.nan
 
     def _truncate_metrics(self, epochs: int) -> None:
         """Drop metrics rows of epochs after the checkpoint (a kill can land between the two

@@ -27,10 +27,7 @@ class AgeModel(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """Pooled backbone features [B, F] (runs under the caller's autocast, if any)."""
-        if images.dtype == torch.uint8:
-            images = images.float()
-        else:
-            images = images * 255.0
+        images = images.float() if images.dtype == torch.uint8 else images * 255.0
         images = (images - self.pixel_mean) / self.pixel_std
         return self.backbone(images)
 

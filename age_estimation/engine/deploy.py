@@ -1,0 +1,192 @@
+"""Deployment artefacts: a compact bundled checkpoint (+ its model card) and ONNX / TorchScript
+exports whose graph takes raw uint8 RGB faces and returns (mean age, aleatoric std) in years."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from age_estimation.config import config_from_string
+from age_estimation.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+
+# Names of the exported graph's input and outputs (the ONNX demo path relies on them).
+INPUT_NAME, OUTPUT_NAMES = "images", ("age", "std_aleatoric")
+# ONNX metadata key holding the model's config YAML, so an export stays traceable to its run.
+CONFIG_METADATA_KEY = "age_estimation.config"
+
+
+class PredictModule(nn.Module):
+    """Model + head.predict: uint8 [B, 3, S, S] -> (mean [B], std_aleatoric [B]) in years."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        prediction = self.model.predict(images)
+        return prediction.mean, prediction.std_aleatoric
+
+
+def _example_input(size: int) -> Tensor:
+    # Batch of 2 so the tracer cannot specialise anything on a batch of one.
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
+    """Export a checkpoint to ONNX with a dynamic batch axis and the config in the metadata."""
+    import onnx
+
+    model, cfg = load_model(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    # The TorchScript-based exporter: the dynamo one needs onnxscript, which is not a dependency.
+    torch.onnx.export(PredictModule(model), (_example_input(cfg.MODEL.IMG_SIZE),), str(out),
+                      dynamo=False, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                      dynamic_axes=axes, opset_version=opset)
+    graph = onnx.load(str(out))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = CONFIG_METADATA_KEY, cfg.dump()
+    onnx.save(graph, str(out))
+    return out
+
+
+def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
+    """Trace a checkpoint to a TorchScript file (same inputs and outputs as the ONNX graph)."""
+    model, cfg = load_model(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    traced = torch.jit.trace(PredictModule(model), (_example_input(cfg.MODEL.IMG_SIZE),))
+    traced.save(str(out), _extra_files={"config.yaml": cfg.dump()})
+    return out
+
+
+# ------------------------------------------------------------------------------ bundling
+
+
+def _run_wall_seconds(run_dir: Path, epochs: int) -> float | None:
+    """Training wall time of the first `epochs` epochs, from the run's metrics.csv."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    with path.open() as handle:
+        rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= epochs]
+    return sum(float(r["epoch_seconds"]) for r in rows) if rows else None
+
+
+def bundle_checkpoint(checkpoint: str | Path, out: str | Path, test_json: str | Path | None = None,
+                      command: str = "") -> dict[str, Any]:
+    """Write an inference-only checkpoint: fp16 float weights, the config text and metadata
+    (plain data, so `load_model` reads it with weights_only=True). Returns the metadata."""
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "last.pth"
+    run_dir = checkpoint.parent
+    epoch = int(state["epoch"]) if "epoch" in state else None
+    meta: dict[str, Any] = {
+        "source": str(checkpoint.resolve()),
+        "epoch": epoch,
+        "best_valid_mae": float(state["best_mae"]) if "best_mae" in state else None,
+        "train_wall_seconds": _run_wall_seconds(run_dir, epoch) if epoch else None,
+        "command": command,
+        "bundled": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+    }
+    if test_json:
+        summary = json.loads(Path(test_json).read_text())
+        meta["test"] = {
+            "file": str(test_json),
+            "n": summary.get("n"),
+            "mae": summary.get("mae"),
+            "cs5": summary.get("cs5"),
+            **{k: summary.get("inference", {}).get(k) for k in ("split", "data", "tta")},
+        }
+    # fp16 halves the file (a ResNet-18 fits in 25 MB); load_model casts back to float32.
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint({"model": weights, "config": state["config"], "meta": meta}, out)
+    return meta
+
+
+# ------------------------------------------------------------------------------ model card
+
+# A field of the card is the text between `<!-- name -->` and `<!-- /name -->`: filling it in
+# keeps the markers, so the card can be re-filled whenever the bundled model changes.
+_FIELD = re.compile(r"(<!-- (\w+) -->)(.*?)(<!-- /\2 -->)", re.DOTALL)
+
+
+def _fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not given"
+    return f"{value:.{digits}f}{unit}"
+
+
+def _split_counts(cfg_text: str) -> str:
+    """'train N · valid N · test N' from the dataset's splits.csv, where it can be found."""
+    import pandas as pd
+
+    from age_estimation.data.datasets import default_data_dir
+
+    cfg = config_from_string(cfg_text)
+    root = Path(cfg.DATA.ROOT) if cfg.DATA.ROOT else default_data_dir() / cfg.DATA.DATASET
+    path = root / "splits.csv"
+    if not path.is_file():
+        return f"the dataset's fixed split ({path} not found here to count it)"
+    counts = pd.read_csv(path)["split"].value_counts()
+    return " · ".join(f"{name} {counts.get(name, 0):,}" for name in ("train", "valid", "test"))
+
+
+def model_card_fields(bundle: str | Path) -> dict[str, str]:
+    """The card's field values, all read from a bundled checkpoint (nothing typed by hand)."""
+    bundle = Path(bundle)
+    state = load_checkpoint(bundle)
+    meta, cfg_text = state.get("meta", {}), state["config"]
+    cfg = config_from_string(cfg_text)
+    test = meta.get("test") or {}
+    wall = meta.get("train_wall_seconds")
+    params = sum(v.numel() for v in state["model"].values() if v.is_floating_point())
+    test_line = "not evaluated (pass --test_json to bundle_model.py)"
+    if test:
+        test_line = (f"MAE {_fmt(test.get('mae'))} years, CS@5 {_fmt(test.get('cs5'), 3)} "
+                     f"on {test.get('n')} images (split `{test.get('split')}`, "
+                     f"data `{test.get('data')}`, TTA {test.get('tta')}; from `{test['file']}`)")
+    command = meta.get("command") or (f"python train.py --cfg config.yaml  "
+                                      f"(the config below; OUTPUT_DIR {cfg.OUTPUT_DIR})")
+    return {
+        "file": f"`{bundle.name}`, {bundle.stat().st_size / 2**20:.1f} MiB, sha256 "
+                f"`{hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]}…`, bundled "
+                f"{meta.get('bundled', '?')} with torch {meta.get('torch', '?')}",
+        "architecture": f"{cfg.MODEL.BACKBONE} + `{cfg.MODEL.HEAD}` head, {params / 1e6:.1f} M "
+                        f"parameters stored in fp16, input uint8 RGB "
+                        f"{cfg.MODEL.IMG_SIZE}x{cfg.MODEL.IMG_SIZE} UTKFace-aligned crops",
+        "data": f"`{cfg.DATA.DATASET}`",
+        "split": _split_counts(cfg_text),
+        "source": f"`{meta.get('source', '?')}`, epoch {meta.get('epoch')}, best valid MAE "
+                  f"{_fmt(meta.get('best_valid_mae'))} years",
+        "command": f"`{command}`",
+        "wall_time": (f"{wall / 3600:.2f} h ({wall:.0f} s, sum of epoch_seconds in "
+                      f"metrics.csv)" if wall else "unknown (no metrics.csv next to the source)"),
+        "test": test_line,
+        "config": f"\n```yaml\n{cfg_text.strip()}\n```\n",
+    }
+
+
+def fill_model_card(template: str, fields: dict[str, str]) -> str:
+    """Replace each `<!-- name -->…<!-- /name -->` field of `template` present in `fields`."""
+    def replace(match: re.Match) -> str:
+        name = match.group(2)
+        if name not in fields:
+            return match.group(0)
+        return f"{match.group(1)}{fields[name]}{match.group(4)}"
+
+    return _FIELD.sub(replace, template)

@@ -1,0 +1,289 @@
+"""Photos and video frames → faces → ages: the reusable part of demo.py and the demo benchmark.
+
+Each image (or frame) goes through: decode → detect + align every face (faces.FaceDetector, at
+the model's input size) → one batched forward pass for all its faces → FaceAge results, which
+can be drawn on the image (`annotate`) or written as JSON (`FrameResult.to_json`).
+
+The model runs either in PyTorch (`TorchAgeModel`, any checkpoint or bundled model, optional
+TTA) or in onnxruntime (`OnnxAgeModel`, an export from scripts/export.py); the ONNX path never
+imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import cv2
+import numpy as np
+
+from age_estimation.data.cache import BadImageError, load_image
+from age_estimation.faces import FaceDetector
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+class SourceError(RuntimeError):
+    """An input (folder, video, webcam, display) that cannot be used at all."""
+
+
+# ------------------------------------------------------------------------------ models
+
+
+class Ages(NamedTuple):
+    """Per-face predictions in years (float arrays [N]); std is the total spread."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    std_aleatoric: np.ndarray
+    std_epistemic: np.ndarray
+
+
+class AgeModelRunner(Protocol):
+    """What the pipeline needs from a model: its input size and a batched prediction."""
+
+    image_size: int
+
+    def predict(self, crops: np.ndarray) -> Ages:
+        """crops: uint8 [N, S, S, 3] RGB, aligned to the UTKFace geometry."""
+        ...
+
+
+class TorchAgeModel:
+    """A checkpoint (training or bundled) run in PyTorch, with optional test-time views."""
+
+    def __init__(self, checkpoint: str | Path, tta: str | int | None = None) -> None:
+        import torch
+
+        from age_estimation.engine.checkpoint import load_model
+        from age_estimation.engine.inference import parse_tta
+
+        self.views = parse_tta(tta)
+        self.model, self.cfg = load_model(checkpoint)
+        self.image_size = int(self.cfg.MODEL.IMG_SIZE)
+        self._torch = torch
+
+    def predict(self, crops: np.ndarray) -> Ages:
+        from age_estimation.engine.inference import predict_batch
+
+        images = self._torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
+        prediction = predict_batch(self.model, images, self.views)
+        return Ages(*(t.float().numpy() for t in (
+            prediction.mean, prediction.std, prediction.std_aleatoric, prediction.std_epistemic)))
+
+
+class OnnxAgeModel:
+    """An ONNX export (scripts/export.py) run with onnxruntime: no torch involved."""
+
+    def __init__(self, path: str | Path) -> None:
+        import onnxruntime
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        self.session = onnxruntime.InferenceSession(str(path),
+                                                    providers=["CPUExecutionProvider"])
+        (graph_input,) = self.session.get_inputs()
+        size = graph_input.shape[-1]
+        if graph_input.type != "tensor(uint8)" or not isinstance(size, int):
+            raise ValueError(f"{path}: expected a uint8 [batch, 3, S, S] input, got "
+                             f"{graph_input.type} {graph_input.shape} (export it with "
+                             f"scripts/export.py)")
+        self.input_name, self.image_size = graph_input.name, size
+
+    def predict(self, crops: np.ndarray) -> Ages:
+        images = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))
+        mean, std_aleatoric = self.session.run(None, {self.input_name: images})
+        # One deterministic pass: no epistemic part, so the total std is the head's own.
+        return Ages(mean, std_aleatoric, std_aleatoric, np.zeros_like(mean))
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: a missing std (heads without one) is written as null."""
+    return None if math.isnan(value) else round(float(value), 3)
+
+
+@dataclass
+class FaceAge:
+    """One face: box (x0, y0, x1, y1; x1, y1 exclusive) in the image and its predicted age."""
+
+    box: tuple[int, int, int, int]
+    score: float  # detector confidence (0 for the whole-image fallback)
+    age: float
+    std: float  # NaN when the head gives no spread (l1 / l2 heads without TTA)
+    std_aleatoric: float
+    std_epistemic: float
+    fallback: bool = False  # True: no face found, the whole image was used
+
+    def to_json(self) -> dict[str, Any]:
+        return {"box": [int(v) for v in self.box], "score": round(self.score, 3),
+                "age": _number(self.age), "std": _number(self.std),
+                "std_aleatoric": _number(self.std_aleatoric),
+                "std_epistemic": _number(self.std_epistemic), "fallback": self.fallback}
+
+    def label(self) -> str:
+        return f"{self.age:.0f}" if math.isnan(self.std) else f"{self.age:.0f} ± {self.std:.0f}"
+
+
+@dataclass
+class FrameResult:
+    """Everything found in one image or video frame (`error` set when it could not be read)."""
+
+    file: str
+    frame: int | None = None  # frame index for videos and webcams
+    size: tuple[int, int] | None = None  # (width, height)
+    faces: list[FaceAge] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "error" if self.error else ("ok" if self.faces else "no_face")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"file": self.file, "status": self.status}
+        if self.frame is not None:
+            out["frame"] = self.frame
+        if self.size is not None:
+            out["width"], out["height"] = self.size
+        out["faces"] = [f.to_json() for f in self.faces]
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def summary(self) -> str:
+        """One human-readable line."""
+        where = self.file if self.frame is None else f"{self.file} frame {self.frame}"
+        if self.error:
+            return f"{where}: skipped: {self.error}"
+        if not self.faces:
+            return f"{where}: no face found"
+        ages = ", ".join(f"{f.label()}{' (whole image)' if f.fallback else ''}"
+                         for f in self.faces)
+        return f"{where}: {len(self.faces)} face(s): {ages}"
+
+
+# ------------------------------------------------------------------------------ pipeline
+
+
+class AgeEstimator:
+    """Detector + model: `estimate(rgb)` returns every face of an image with its age."""
+
+    def __init__(self, model: AgeModelRunner, detector: str = "hog", margin: float = 0.0,
+                 fallback: bool = False, upsample: int = 1) -> None:
+        self.model = model
+        # Crops come out at the model's input size, in the geometry of its training crops.
+        self.detector = FaceDetector(detector, size=model.image_size, margin=margin,  # type: ignore[arg-type]
+                                     upsample=upsample, fallback_whole_image=fallback)
+
+    def estimate(self, image: np.ndarray) -> list[FaceAge]:
+        faces = self.detector.detect(image)
+        if not faces:
+            return []
+        # All faces of one image in one batch.
+        ages = self.model.predict(np.stack([f.crop for f in faces]))
+        return [FaceAge(f.box, f.score, *(float(a[i]) for a in ages), fallback=f.fallback)
+                for i, f in enumerate(faces)]
+
+    def run(self, frame: Frame) -> FrameResult:
+        if frame.image is None:
+            return FrameResult(frame.name, frame.index, error=frame.error)
+        height, width = frame.image.shape[:2]
+        return FrameResult(frame.name, frame.index, (width, height), self.estimate(frame.image))
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+@dataclass
+class Frame:
+    """One decoded input image (RGB uint8), or the reason it could not be decoded."""
+
+    name: str
+    image: np.ndarray | None
+    index: int | None = None
+    error: str | None = None
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Image files (by extension, any case) directly in `folder`, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SourceError(f"not a folder: {folder}")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def read_images(paths: Sequence[str | Path]) -> Iterator[Frame]:
+    """Decode each file; an unreadable one yields a Frame whose error names it."""
+    for path in paths:
+        try:
+            yield Frame(str(path), load_image(str(path)))
+        except BadImageError as err:
+            yield Frame(str(path), None, error=str(err))
+
+
+class VideoSource:
+    """Frames of a video file or a webcam (an int id) as RGB; `fps` for writing them back."""
+
+    def __init__(self, source: str | int) -> None:
+        self.name = f"webcam{source}" if isinstance(source, int) else str(source)
+        if isinstance(source, str) and not Path(source).is_file():
+            raise SourceError(f"video not found: {source}")
+        self.capture = cv2.VideoCapture(source)
+        if not self.capture.isOpened():
+            what = "webcam" if isinstance(source, int) else "video"
+            raise SourceError(f"cannot open {what} {source!r} (no such device, no permission, "
+                              f"or a format OpenCV cannot decode)")
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and math.isfinite(fps) and fps > 0 else 25.0
+
+    def frames(self, max_frames: int = 0) -> Iterator[Frame]:
+        """Frames in order, until the stream ends or `max_frames` (0 = no limit)."""
+        index = 0
+        try:
+            while not max_frames or index < max_frames:
+                ok, bgr = self.capture.read()
+                if not ok:
+                    break
+                yield Frame(self.name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), index=index)
+                index += 1
+        finally:
+            self.capture.release()
+
+
+# ------------------------------------------------------------------------------ drawing
+
+
+def annotate(image: np.ndarray, faces: Sequence[FaceAge]) -> np.ndarray:
+    """A copy of the RGB image with each face's box and 'age ± std' label drawn on it."""
+    from PIL import Image, ImageDraw, ImageFont  # PIL renders '±', OpenCV's fonts cannot
+
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    scale = max(image.shape[:2]) / 640
+    font = ImageFont.load_default(size=max(12, round(22 * scale)))
+    width = max(2, round(3 * scale))
+    for face in faces:
+        colour = (255, 160, 0) if face.fallback else (0, 230, 0)
+        x0, y0, x1, y1 = face.box
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=width)
+        text = face.label()
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        # Label above the box, or inside its top when the box touches the image's top.
+        ty = y0 - (bottom - top) - 2 * width if y0 >= (bottom - top) + 2 * width else y0 + width
+        draw.rectangle((x0, ty, x0 + right - left + 2 * width, ty + bottom - top + 2 * width),
+                       fill=colour)
+        draw.text((x0 + width - left, ty + width - top), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def save_rgb(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB image (format from the extension), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")

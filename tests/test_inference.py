@@ -1,0 +1,190 @@
+"""Inference math and mechanics: the mixture rule, MC-Dropout, test-time views, --tta parsing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from age_estimation.engine.inference import (
+    TTA_VIEWS,
+    TTA_ZOOM,
+    combine,
+    parse_tta,
+    predict_batch,
+    predict_loader,
+    tta_view,
+)
+from age_estimation.models.heads import Prediction
+from age_estimation.models.model import AgeModel
+from defaults import get_cfg_defaults
+
+
+def tiny_model(head: str = "gaussian", dropout: float = 0.5) -> AgeModel:
+    """resnet18 at random weights; a non-zero head so dropout changes its output."""
+    cfg = get_cfg_defaults()
+    cfg.MODEL.HEAD, cfg.MODEL.DROPOUT, cfg.MODEL.IMG_SIZE = head, dropout, 32
+    torch.manual_seed(0)
+    model = AgeModel(cfg)
+    for p in model.head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return model.eval()
+
+
+def images(n: int = 3, size: int = 32) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(1),
+                         dtype=torch.uint8)
+
+
+def pred(mean, aleatoric, epistemic=0.0) -> Prediction:
+    t = lambda v: torch.tensor([float(v)])  # noqa: E731
+    return Prediction(t(mean), t(aleatoric), t(epistemic))
+
+
+# ------------------------------------------------------------------ combine
+def test_combine_two_members_by_hand():
+    # means 10, 20 (variance of means 25); aleatoric stds 3, 4 (mean variance 12.5)
+    out = combine([pred(10, 3), pred(20, 4)])
+    assert out.mean.item() == pytest.approx(15.0)
+    assert out.std_aleatoric.item() == pytest.approx(math.sqrt(12.5))
+    assert out.std_epistemic.item() == pytest.approx(5.0)
+    assert out.std.item() == pytest.approx(math.sqrt(37.5))
+
+
+def test_nested_combination_equals_the_flat_mixture():
+    members = [pred(m, a) for m, a in ((10, 1), (14, 2), (30, 3), (31, 5))]
+    nested = combine([combine(members[:2]), combine(members[2:])])
+    flat = combine(members)
+    for field in ("mean", "std_aleatoric", "std_epistemic"):
+        assert getattr(nested, field).item() == pytest.approx(getattr(flat, field).item())
+    # by hand: means 10,14,30,31 -> mean 21.25, var 87.6875; aleatoric var mean (1+4+9+25)/4
+    assert flat.std_epistemic.item() == pytest.approx(math.sqrt(87.6875))
+    assert flat.std_aleatoric.item() == pytest.approx(math.sqrt(9.75))
+
+
+def test_combine_of_heads_without_aleatoric_std():
+    out = combine([pred(10, math.nan), pred(16, math.nan)])
+    assert math.isnan(out.std_aleatoric.item())
+    assert out.std_epistemic.item() == pytest.approx(3.0)
+    assert out.std.item() == pytest.approx(3.0)  # the missing aleatoric part counts as 0
+    single = combine([pred(10, math.nan)])
+    assert math.isnan(single.std.item())  # one L1 model has no spread at all
+
+
+def test_combine_refuses_no_members():
+    with pytest.raises(ValueError):
+        combine([])
+
+
+# ------------------------------------------------------------------ MC-Dropout
+def test_mc_dropout_runs_the_backbone_once_per_view_and_varies():
+    model = tiny_model()
+    calls = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    head_calls = []
+    model.head.register_forward_hook(lambda *_: head_calls.append(1))
+    out = predict_batch(model, images(), views=("identity", "flip"), mc_samples=7)
+    assert len(calls) == 2 and len(head_calls) == 14
+    assert (out.std_epistemic > 0).all()
+    assert torch.isfinite(out.std_aleatoric).all() and (out.std_aleatoric > 0).all()
+    assert not model.training and not model.dropout.training  # modes restored
+
+
+def test_without_mc_dropout_a_single_view_is_deterministic():
+    model = tiny_model()
+    out = predict_batch(model, images())
+    assert (out.std_epistemic == 0).all()
+    assert torch.equal(out.mean, predict_batch(model, images()).mean)
+
+
+def test_mc_dropout_needs_dropout():
+    with pytest.raises(ValueError, match="DROPOUT"):
+        predict_batch(tiny_model(dropout=0.0), images(), mc_samples=5)
+
+
+def test_predict_loader_ensemble_combines_members_and_keeps_order():
+    a, b = tiny_model("dex"), tiny_model("dex")
+    torch.nn.init.normal_(b.head.fc.bias, std=2.0)  # a different member
+    x = images(5)
+    batches = [{"image": x[:3], "index": torch.arange(3)},
+               {"image": x[3:], "index": torch.arange(3, 5)}]
+    out = predict_loader([a, b], batches, views=("identity", "flip"))
+    assert out["index"].tolist() == [0, 1, 2, 3, 4]
+    expected = combine([predict_batch(m, x, ("identity", "flip")) for m in (a, b)])
+    assert torch.allclose(torch.from_numpy(out["pred"]), expected.mean, atol=1e-4)
+    assert torch.allclose(torch.from_numpy(out["std_epistemic"]), expected.std_epistemic,
+                          atol=1e-4)
+    assert (out["std_epistemic"] > 0).all()
+
+
+# ------------------------------------------------------------------ test-time views
+def test_flip_views_are_horizontal_flips():
+    x = images()
+    assert torch.equal(tta_view(x, "identity"), x)
+    assert torch.equal(tta_view(x, "flip"), torch.flip(x, dims=[-1]))
+    assert torch.equal(tta_view(x, "zoom_in_flip"), tta_view(torch.flip(x, dims=[-1]), "zoom_in"))
+
+
+def ramp(size: int = 40) -> torch.Tensor:
+    """A float image whose value is its column index: bilinear resizing keeps it linear."""
+    return torch.arange(size, dtype=torch.float32).expand(1, 3, size, size).clone()
+
+
+def test_zoom_in_is_a_centre_crop_resized():
+    size = 40
+    out = tta_view(ramp(size), "zoom_in")
+    crop = round(size / TTA_ZOOM)
+    start = (size - crop) // 2
+    # Output pixel j samples the crop at (j + 0.5) * crop / size - 0.5 (half-pixel centres).
+    cols = torch.arange(size, dtype=torch.float32)
+    expected = start + (cols + 0.5) * crop / size - 0.5
+    assert out.shape == (1, 3, size, size)
+    assert torch.allclose(out[0, 0, 5, 2:-2], expected[2:-2], atol=1e-4)
+    assert torch.allclose(out[0, :, :, 7], out[0, 0, 0, 7].expand(3, size))  # rows unchanged
+
+
+def test_zoom_out_shrinks_the_face_inside_a_replicated_border():
+    size = 40
+    flat = torch.full((1, 3, size, size), 77, dtype=torch.uint8)
+    assert torch.equal(tta_view(flat, "zoom_out"), flat)  # replicate padding adds no edge
+    out = tta_view(ramp(size), "zoom_out")[0, 0, 0]
+    # The ramp gets steeper by the zoom factor (interior) and stays centred.
+    slope = (out[25] - out[15]) / 10
+    assert slope.item() == pytest.approx(TTA_ZOOM, rel=0.02)
+    assert out[size // 2 - 1 : size // 2 + 1].mean().item() == pytest.approx((size - 1) / 2)
+
+
+def test_views_keep_uint8_dtype_and_shape():
+    x = images(2)
+    for view in TTA_VIEWS:
+        out = tta_view(x, view)
+        assert out.dtype == torch.uint8 and out.shape == x.shape, view
+    with pytest.raises(ValueError):
+        tta_view(x, "rotate")
+
+
+def test_zoom_matches_interpolate_of_the_crop_for_uint8():
+    x = images(1, 33)
+    crop = round(33 / TTA_ZOOM)
+    start = (33 - crop) // 2
+    patch = x[..., start:start + crop, start:start + crop].float()
+    expected = F.interpolate(patch, size=(33, 33), mode="bilinear", align_corners=False)
+    assert torch.equal(tta_view(x, "zoom_in"), expected.round().clamp(0, 255).to(torch.uint8))
+
+
+@pytest.mark.parametrize(("spec", "views"), [
+    (None, ("identity",)), (0, ("identity",)), ("1", ("identity",)),
+    (2, ("identity", "flip")), ("6", TTA_VIEWS), ("flip", ("identity", "flip")),
+    ("all", TTA_VIEWS), ("zoom", ("identity", "zoom_in", "zoom_out")),
+    ("identity, zoom_in_flip", ("identity", "zoom_in_flip")),
+])
+def test_parse_tta(spec, views):
+    assert parse_tta(spec) == views
+
+
+@pytest.mark.parametrize("spec", ["7", "-1", "rotate", "identity,rotate", "flip,flip"])
+def test_parse_tta_refuses(spec):
+    with pytest.raises(ValueError):
+        parse_tta(spec)
