@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     figures = []
     if summary["uncertainty"]["n_uncertainty"]:
         figures.append(reliability_diagram(frame, out.with_suffix(".reliability.png"),
-                                           title=f"{name}: raw std"))
+                                           title=f"{out.stem}: raw std"))
     if scale is not None:
         if args.sigma_scale_from == args.split and not args.data:
             print("warning: the sigma scale is fitted on the evaluated split itself",
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         if summary["uncertainty_scaled"]["n_uncertainty"]:
             figures.append(reliability_diagram(
                 frame, out.with_suffix(".reliability_scaled.png"), std_column="std_scaled",
-                title=f"{name}: std x {scale:.3f}"))
+                title=f"{out.stem}: std x {scale:.3f}"))
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=float))
     print(format_summary(summary))
     if scale is not None:

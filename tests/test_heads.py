@@ -177,3 +177,16 @@ def test_every_head_learns_a_toy_problem(name):
     with torch.no_grad():
         mae = (head.predict(head(features)).mean - ages).abs().mean().item()
     assert mae < 6.0, f"{name}: MAE {mae:.2f} after training on a linear toy problem"
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_large_100", "efficientnet_b0"])
+def test_model_head_matches_the_backbone_output_width(backbone):
+    """MobileNetV3's pooled output (1280) is wider than its `num_features` (960)."""
+    from age_estimation.models.model import AgeModel
+
+    cfg = get_cfg_defaults()
+    cfg.MODEL.BACKBONE = backbone
+    model = AgeModel(cfg).eval()
+    with torch.no_grad():
+        prediction = model.predict(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    assert prediction.mean.shape == (2,) and torch.isfinite(prediction.mean).all()

@@ -94,3 +94,38 @@ def test_bench_inference_prints_every_mode(tiny_run):
     for mode in ("plain", "tta-2", "tta-6", "mc-dropout-20", "ensemble-3"):
         assert mode in table, mode
     assert "same checkpoint" in table  # an ensemble of one checkpoint repeated says so
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_claim_a_difference_only_when_its_ci_excludes_zero():
+    script = load_script("uncertainty_results")
+    verdict = lambda **row: script.sentence(pd.Series({"a": "x", "b": "y", **row}))  # noqa: E731
+    assert "no significant" in verdict(metric="mae", diff=-0.3, low=-0.6, high=0.01)
+    assert "better" in verdict(metric="mae", diff=-0.3, low=-0.6, high=-0.01)
+    assert "worse" in verdict(metric="nll", diff=0.2, low=0.1, high=0.3)
+    assert "better" in verdict(metric="spearman", diff=0.2, low=0.1, high=0.3)
+
+
+def test_results_bootstrap_is_paired_and_averages_seeds():
+    script = load_script("uncertainty_results")
+    rng = np.random.default_rng(0)
+    age = rng.uniform(10, 70, 200)
+    frames = [pd.DataFrame({"age": age, "pred": age + rng.normal(0, s, 200),
+                            "std": np.full(200, s)}) for s in (3.0, 5.0)]
+    draws = rng.integers(0, 200, size=(50, 200))
+    both = script.bootstrap(frames, "std", draws)
+    singles = [script.bootstrap([f], "std", draws) for f in frames]
+    assert len(both) == 51  # all images, then one row per resample
+    assert np.allclose(both["mae"], (singles[0]["mae"] + singles[1]["mae"]) / 2)
+    assert both["mae"].iloc[0] == pytest.approx(
+        np.mean([np.abs(f["pred"] - f["age"]).mean() for f in frames]))
+    # the same resamples for every method: a method minus itself is exactly 0 everywhere
+    again = script.bootstrap([frames[0]], "std", draws)
+    assert script.interval(again["nll"] - singles[0]["nll"]) == (0.0, 0.0, 0.0)

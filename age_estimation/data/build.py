@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,13 +109,14 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator)
         for step in range(self.start, self.steps):
             batch = order[step * self.batch_size:(step + 1) * self.batch_size]
-            share = len(batch) * self.rank // self.world_size
-            yield batch[share:len(batch) * (self.rank + 1) // self.world_size].tolist()
+            first = len(batch) * self.rank // self.world_size
+            end = len(batch) * (self.rank + 1) // self.world_size
+            yield batch[first:end].tolist()
 
 
 def train_loader(cfg: CfgNode, dataset: AgeDataset, epoch: int, start_step: int = 0,

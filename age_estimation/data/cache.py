@@ -8,14 +8,17 @@ temporary file and renamed when complete, so an interrupted build is simply redo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from age_estimation.data.records import Record
 
@@ -23,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # Images larger than this (in pixels) are refused rather than decoded into gigabytes of memory.
 MAX_PIXELS = 80_000_000
+# Images with a side shorter than this cannot hold a usable face (e.g. 1x1 placeholder files).
+MIN_SIDE = 8
 
 
 class BadImageError(ValueError):
@@ -37,13 +42,31 @@ def load_image(path: str) -> np.ndarray:
         raise BadImageError(f"{path}: cannot read file ({err.strerror})") from err
     if data.size == 0:
         raise BadImageError(f"{path}: empty (zero-byte) file")
+    # Check the size in the header first, so a huge image (or a decompression bomb) is refused
+    # before its pixels are decoded; files PIL cannot parse are left to OpenCV to judge.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as header:
+                _check_size(path, *header.size)
+    except Image.DecompressionBombError as err:
+        raise BadImageError(f"{path}: image too large ({err})") from None
+    except OSError:  # not an image PIL knows, or a broken header
+        pass
     # IMREAD_COLOR converts greyscale/RGBA/CMYK/16-bit to 8-bit BGR and applies EXIF rotation.
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise BadImageError(f"{path}: not a decodable image (corrupt, truncated or not an image)")
-    if image.shape[0] * image.shape[1] > MAX_PIXELS:
-        raise BadImageError(f"{path}: image too large ({image.shape[1]}x{image.shape[0]} pixels)")
+    _check_size(path, image.shape[1], image.shape[0])
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _check_size(path: str, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise BadImageError(f"{path}: image too large ({width}x{height} pixels)")
+    if min(width, height) < MIN_SIDE:
+        raise BadImageError(f"{path}: image too small ({width}x{height} pixels; a face needs "
+                            f"at least {MIN_SIDE} on each side)")
 
 
 def decode_record(record: Record, size: int) -> np.ndarray:
@@ -94,6 +117,8 @@ def build_cache(
         meta = json.loads(meta_path.read_text())
         bad = set(meta["bad"])
         kept = [r for r in records if r.id not in bad]
+        if bad and on_bad_image == "error":  # the cache was built under the skip policy
+            raise BadImageError(next(iter(meta["bad_messages"].values())))
         images = np.memmap(array_path, np.uint8, "r", shape=(len(kept), size, size, 3))
         _log_bad(name, meta["bad_messages"])
         return images, kept
@@ -127,7 +152,10 @@ def build_cache(
         handle.truncate(len(kept) * size * size * 3)
     os.replace(tmp_path, array_path)
     meta = {"size": size, "n": len(kept), "bad": list(bad_messages), "bad_messages": bad_messages}
-    meta_path.write_text(json.dumps(meta))
+    # Written then renamed: a process reading the cache concurrently never sees half a file.
+    tmp_meta = meta_path.with_name(f"{meta_path.name}.tmp{os.getpid()}")
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, meta_path)
     _log_bad(name, bad_messages)
     images = np.memmap(array_path, np.uint8, "r", shape=(len(kept), size, size, 3))
     return images, kept

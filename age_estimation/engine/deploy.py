@@ -84,6 +84,18 @@ def _run_wall_seconds(run_dir: Path, epochs: int) -> float | None:
     return sum(float(r["epoch_seconds"]) for r in rows) if rows else None
 
 
+def _check_same_model(summary: dict[str, Any], checkpoint: Path, test_json: str | Path) -> None:
+    """Refuse a test.py summary of another model (or an ensemble): its numbers would end up on
+    this model's card."""
+    evaluated = summary.get("inference", {}).get("checkpoints")
+    if evaluated is None:  # a summary without provenance: nothing to check
+        return
+    paths = [Path(p) / "last.pth" if Path(p).is_dir() else Path(p) for p in evaluated]
+    if [p.resolve() for p in paths] != [checkpoint.resolve()]:
+        raise ValueError(f"{test_json} evaluated {', '.join(map(str, evaluated))}, not "
+                         f"{checkpoint}: bundle the checkpoint that was tested")
+
+
 def bundle_checkpoint(checkpoint: str | Path, out: str | Path, test_json: str | Path | None = None,
                       command: str = "") -> dict[str, Any]:
     """Write an inference-only checkpoint: fp16 float weights, the config text and metadata
@@ -101,10 +113,11 @@ def bundle_checkpoint(checkpoint: str | Path, out: str | Path, test_json: str | 
         "train_wall_seconds": _run_wall_seconds(run_dir, epoch) if epoch else None,
         "command": command,
         "bundled": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion object would not load safely
     }
     if test_json:
         summary = json.loads(Path(test_json).read_text())
+        _check_same_model(summary, checkpoint, test_json)
         meta["test"] = {
             "file": str(test_json),
             "n": summary.get("n"),
@@ -115,6 +128,8 @@ def bundle_checkpoint(checkpoint: str | Path, out: str | Path, test_json: str | 
     # fp16 halves the file (a ResNet-18 fits in 25 MB); load_model casts back to float32.
     weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     save_checkpoint({"model": weights, "config": state["config"], "meta": meta}, out)
+    Path(out).chmod(0o644)  # save_checkpoint's temporary file is private (0600); this is shared
+    load_model(out)  # fail here, not in the demo, if the bundle cannot be loaded safely
     return meta
 
 
@@ -160,8 +175,8 @@ def model_card_fields(bundle: str | Path) -> dict[str, str]:
         test_line = (f"MAE {_fmt(test.get('mae'))} years, CS@5 {_fmt(test.get('cs5'), 3)} "
                      f"on {test.get('n')} images (split `{test.get('split')}`, "
                      f"data `{test.get('data')}`, TTA {test.get('tta')}; from `{test['file']}`)")
-    command = meta.get("command") or (f"python train.py --cfg config.yaml  "
-                                      f"(the config below; OUTPUT_DIR {cfg.OUTPUT_DIR})")
+    source = Path(meta.get("source", "RUN/checkpoint.pth"))
+    command = meta.get("command") or f"python train.py --cfg {source.parent}/config.yaml"
     return {
         "file": f"`{bundle.name}`, {bundle.stat().st_size / 2**20:.1f} MiB, sha256 "
                 f"`{hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]}…`, bundled "
@@ -171,7 +186,7 @@ def model_card_fields(bundle: str | Path) -> dict[str, str]:
                         f"{cfg.MODEL.IMG_SIZE}x{cfg.MODEL.IMG_SIZE} UTKFace-aligned crops",
         "data": f"`{cfg.DATA.DATASET}`",
         "split": _split_counts(cfg_text),
-        "source": f"`{meta.get('source', '?')}`, epoch {meta.get('epoch')}, best valid MAE "
+        "source": f"`{source}`, epoch {meta.get('epoch')}, best valid MAE "
                   f"{_fmt(meta.get('best_valid_mae'))} years",
         "command": f"`{command}`",
         "wall_time": (f"{wall / 3600:.2f} h ({wall:.0f} s, sum of epoch_seconds in "

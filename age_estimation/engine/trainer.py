@@ -108,12 +108,14 @@ class Trainer:
         if cfg.TRAIN.THREADS:
             torch.set_num_threads(cfg.TRAIN.THREADS)
         seed_everything(cfg.TRAIN.SEED)
-        # Rank 0 decodes the images into the cache; the others then read that cache.
-        if self.rank:
+        # One process per machine (local rank 0) decodes the images into its image cache while
+        # the others wait, then they read that cache instead of decoding it again.
+        builder = self.world_size == 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
+        if not builder:
             dist.barrier()
         self.train_records, train_images = load_split(cfg, "train")
         self.valid_records, self.valid_images = load_split(cfg, "valid")
-        if self.world_size > 1 and not self.rank:
+        if self.world_size > 1 and builder:
             dist.barrier()
         self.train_set = AgeDataset(self.train_records, train_images,
                                     build_train_transform(cfg.AUG.POLICY),
@@ -303,11 +305,14 @@ class Trainer:
 
     def _truncate_metrics(self, epochs: int) -> None:
         """Drop metrics rows of epochs after the checkpoint (a kill can land between the two
-        writes), so a resumed run's metrics.csv has each epoch exactly once."""
+        writes), so a resumed run's metrics.csv has each epoch exactly once. Rows written by an
+        older version with fewer columns are padded to the current header."""
         path = self.out / "metrics.csv"
         if path.exists():
             rows = list(csv.reader(path.open()))
-            kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= epochs]
+            width = len(METRICS_COLUMNS)
+            kept = [list(METRICS_COLUMNS)] + [r + [""] * (width - len(r)) for r in rows[1:]
+                                              if int(r[0]) <= epochs]
             with open(path, "w", newline="") as handle:
                 csv.writer(handle).writerows(kept)
 

@@ -23,7 +23,10 @@ class AgeModel(nn.Module):
         self.register_buffer("pixel_mean", mean * 255, persistent=False)
         self.register_buffer("pixel_std", std * 255, persistent=False)
         self.dropout = nn.Dropout(cfg.MODEL.DROPOUT)
-        self.head = HEADS[cfg.MODEL.HEAD](self.backbone.num_features, cfg)
+        # Width of the pooled output: some timm models (MobileNetV3) add a hidden head layer
+        # after `num_features`, reported as `head_hidden_size`.
+        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.head = HEADS[cfg.MODEL.HEAD](width, cfg)
 
     def features(self, images: Tensor) -> Tensor:
         """Pooled backbone features [B, F] (runs under the caller's autocast, if any)."""

@@ -1,0 +1,337 @@
+"""Build results/REPORT.md (+ PNG figures) from the files the suite runner stored.
+
+Per suite: a table (per variant: MAE averaged over seeds with a bootstrap 95 % CI that resamples
+test images, the seed-to-seed s.d., and the paired difference from the baseline variant with its
+CI), a figure and findings that follow from the numbers: a difference is only called one when its
+CI excludes zero. Then an error analysis over every run's per-image test predictions. Every
+number comes from results/runs/*/*/{metrics.json, predictions_*.csv}; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from age_estimation.metrics import (
+    bootstrap_ci,
+    bootstrap_diff_ci,
+    mae_by,
+    mae_by_group,
+)
+
+N_BOOT = 2000
+ATTRIBUTES = ("gender", "race")
+
+
+@dataclass
+class SuiteResults:
+    """One suite's stored description (suite.json) and its finished runs' metrics.json."""
+
+    name: str
+    info: dict[str, Any]
+    folder: Path
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def variants(self) -> list[str]:
+        """Variants with at least one finished run, in the suite's order."""
+        present = {r["variant"] for r in self.runs}
+        return [v["name"] for v in self.info["variants"] if v["name"] in present]
+
+    def predictions(self, run: dict[str, Any], evaluation: str) -> pd.DataFrame | None:
+        path = self.folder / run["run"] / f"predictions_{evaluation}.csv"
+        return pd.read_csv(path) if path.is_file() else None
+
+
+def load_results(results_dir: str | Path) -> list[SuiteResults]:
+    """Every suite folder under results_dir that has a suite.json, with its finished runs."""
+    suites = []
+    for info_path in sorted(Path(results_dir).glob("*/suite.json")):
+        info = json.loads(info_path.read_text())
+        suite = SuiteResults(info["name"], info, info_path.parent)
+        for metrics in sorted(info_path.parent.glob("*/metrics.json")):
+            suite.runs.append(json.loads(metrics.read_text()))
+        suites.append(suite)
+    return suites
+
+
+def seed_averaged_errors(suite: SuiteResults, variant: str, evaluation: str) -> pd.DataFrame:
+    """Absolute errors of a variant's runs: one column per seed, rows = images (by id) that
+    every seed predicted."""
+    columns = {}
+    for run in suite.runs:
+        if run["variant"] != variant:
+            continue
+        frame = suite.predictions(run, evaluation)
+        if frame is not None:
+            columns[run["seed"]] = (frame["pred"] - frame["age"]).abs().set_axis(frame["id"])
+    return pd.DataFrame(columns).dropna() if columns else pd.DataFrame()
+
+
+def variant_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
+    """Per variant: seeds, images, MAE (mean over seeds) with its image-bootstrap 95 % CI,
+    seed s.d., and MAE - baseline MAE with a paired image-bootstrap 95 % CI."""
+    errors = {v: seed_averaged_errors(suite, v, evaluation) for v in suite.variants()}
+    errors = {v: e for v, e in errors.items() if not e.empty}
+    baseline = suite.info["baseline"]
+    base = errors[baseline].mean(axis=1) if baseline in errors else None
+    gflops = {r["variant"]: r.get("cost", {}).get("gflops", math.nan) for r in suite.runs}
+    rows = []
+    for variant, frame in errors.items():
+        per_image = frame.mean(axis=1)  # average over seeds, then resample images
+        mae, low, high = bootstrap_ci(per_image.to_numpy(), n_boot=N_BOOT)
+        row = {"variant": variant, "seeds": frame.shape[1], "images": len(frame), "mae": mae,
+               "ci_low": low, "ci_high": high,
+               "seed_sd": float(frame.mean().std(ddof=1)) if frame.shape[1] > 1 else math.nan,
+               "diff": math.nan, "diff_low": math.nan, "diff_high": math.nan,
+               "gflops": gflops.get(variant, math.nan)}
+        if base is not None and variant != baseline:
+            common = per_image.index.intersection(base.index)
+            row["diff"], row["diff_low"], row["diff_high"] = bootstrap_diff_ci(
+                per_image[common].to_numpy(), base[common].to_numpy(), n_boot=N_BOOT)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def findings(table: pd.DataFrame, baseline: str, where: str = "") -> list[str]:
+    """Sentences that follow from the table: each variant against the baseline (a difference
+    only when its 95 % CI excludes zero), then the lowest MAE."""
+
+    def sentence(text: str, capitalize: bool = True) -> str:
+        if where:
+            return f"On {where}, {text}"
+        return text[0].upper() + text[1:] if capitalize else text  # variant names keep case
+
+    out = []
+    for row in table.itertuples():
+        if row.variant == baseline or not math.isfinite(row.diff):
+            continue
+        ci = f"95 % CI {row.diff_low:+.2f} to {row.diff_high:+.2f}"
+        if row.diff_low > 0 or row.diff_high < 0:
+            direction = "higher" if row.diff > 0 else "lower"
+            out.append(sentence(f"{row.variant} has a {direction} MAE than {baseline} by "
+                                f"{abs(row.diff):.2f} years ({ci}).", capitalize=False))
+        else:
+            out.append(sentence(f"no measurable difference between {row.variant} and "
+                                f"{baseline} (difference {row.diff:+.2f} years, {ci})."))
+    if len(table) > 1:
+        best = table.loc[table["mae"].idxmin()]
+        out.append(sentence(f"the lowest MAE is {best['variant']} ({best['mae']:.2f}, 95 % CI "
+                            f"{best['ci_low']:.2f}-{best['ci_high']:.2f})."))
+    return out
+
+
+def _markdown(table: pd.DataFrame, baseline: str) -> list[str]:
+    show_cost = table["gflops"].notna().any() and table["gflops"].nunique() > 1
+    head = "| variant | seeds | images | MAE (95 % CI) | seed s.d. | Δ vs baseline (95 % CI) |"
+    lines = [head + (" GFLOPs |" if show_cost else ""),
+             "|" + " --- |" * (6 + show_cost)]
+    for r in table.itertuples():
+        name = f"**{r.variant}** (baseline)" if r.variant == baseline else r.variant
+        diff = ("—" if not math.isfinite(r.diff)
+                else f"{r.diff:+.2f} ({r.diff_low:+.2f}, {r.diff_high:+.2f})")
+        sd = f"{r.seed_sd:.2f}" if math.isfinite(r.seed_sd) else "—"
+        line = (f"| {name} | {r.seeds} | {r.images} | {r.mae:.2f} ({r.ci_low:.2f}, "
+                f"{r.ci_high:.2f}) | {sd} | {diff} |")
+        lines.append(line + (f" {r.gflops:.3f} |" if show_cost else ""))
+    return lines
+
+
+# --------------------------------------------------------------------------- figures
+def _figure(width: float = 6.0, height: float = 3.5):
+    """A matplotlib Figure on the Agg canvas (no pyplot: the global backend is left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _numeric_axis(suite: SuiteResults) -> dict[str, Any] | None:
+    """The suite's single grid axis when it has numeric values and no explicit variants."""
+    axes = suite.info.get("axes") or []
+    labelled = {k for v in suite.info["variants"] for k in v["labels"]}
+    if len(axes) == 1 and labelled == {axes[0]["label"]} and all(
+            isinstance(x, (int, float)) for x in axes[0]["values"]):
+        return axes[0]
+    return None
+
+
+def suite_figures(suite: SuiteResults, table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """MAE per variant with CI bars (a curve over a numeric axis, e.g. the data fraction), and
+    MAE against GFLOPs when the variants differ in cost."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    yerr = np.vstack([table["mae"] - table["ci_low"], table["ci_high"] - table["mae"]])
+    axis = _numeric_axis(suite)
+    fig, ax = _figure(height=3.5 if axis is not None else max(2.5, 1.2 + 0.35 * len(table)))
+    if axis is not None:
+        labels = {v["name"]: v["labels"][axis["label"]] for v in suite.info["variants"]}
+        x = np.array([float(labels[v]) for v in table["variant"]])
+        order = np.argsort(x)
+        ax.errorbar(x[order], table["mae"].to_numpy()[order], yerr=yerr[:, order], marker="o",
+                    capsize=4)
+        if x.max() / max(x.min(), 1e-12) >= 8:
+            ax.set_xscale("log")
+        ax.set_xticks(x[order], [f"{v:g}" for v in x[order]])
+        ax.set_xlabel(axis["key"])
+        ax.set_title(f"{suite.name}: test MAE vs {axis['key']} (95 % CI)")
+    else:
+        y = np.arange(len(table))
+        colors = ["C1" if v == suite.info["baseline"] else "C0" for v in table["variant"]]
+        ax.errorbar(table["mae"], y, xerr=yerr, fmt="none", ecolor="gray", capsize=3)
+        ax.scatter(table["mae"], y, c=colors, zorder=3)
+        ax.set_yticks(y, table["variant"])
+        ax.invert_yaxis()
+        ax.set_title(f"{suite.name}: test MAE per variant (95 % CI; orange = baseline)")
+    ax.set_xlabel("MAE (years)") if axis is None else ax.set_ylabel("MAE (years)")
+    fig.tight_layout()
+    paths.append(out_dir / f"{suite.name}_mae.png")
+    fig.savefig(paths[-1])
+    if table["gflops"].notna().all() and table["gflops"].nunique() > 1:
+        fig, ax = _figure()
+        ax.errorbar(table["gflops"], table["mae"], yerr=yerr, fmt="o", capsize=4)
+        for r in table.itertuples():
+            ax.annotate(r.variant, (r.gflops, r.mae), textcoords="offset points", xytext=(5, 5),
+                        fontsize=8)
+        ax.set_xlabel("GFLOPs per image (fvcore: one multiply-add = 1)")
+        ax.set_ylabel("MAE (years)")
+        ax.set_title(f"{suite.name}: accuracy vs cost")
+        fig.tight_layout()
+        paths.append(out_dir / f"{suite.name}_cost.png")
+        fig.savefig(paths[-1])
+    return paths
+
+
+# --------------------------------------------------------------------------- error analysis
+def pooled_predictions(suites: Iterable[SuiteResults], evaluation: str = "test") -> pd.DataFrame:
+    """Every run's per-image predictions of one evaluation, with suite and run columns."""
+    frames = []
+    for suite in suites:
+        for run in suite.runs:
+            frame = suite.predictions(run, evaluation)
+            if frame is not None:
+                frames.append(frame.assign(suite=suite.name, run=run["run"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def error_vs_age(frame: pd.DataFrame, width: int = 5) -> pd.DataFrame:
+    """MAE and bias per `width`-year age bin: columns age (bin start), n, mae, bias."""
+    err = frame["pred"] - frame["age"]
+    bins = (np.floor(frame["age"] / width) * width).astype(int)
+    g = pd.DataFrame({"age": bins, "abs": err.abs(), "err": err}).groupby("age")
+    return pd.DataFrame({"n": g.size(), "mae": g["abs"].mean(),
+                         "bias": g["err"].mean()}).reset_index()
+
+
+def error_analysis(suites: list[SuiteResults], fig_dir: Path, rel: str) -> list[str]:
+    """Markdown of MAE by age group / gender / race over all runs, and an error-vs-age figure."""
+    frame = pooled_predictions(suites)
+    if frame.empty:
+        return []
+    n_runs = frame.groupby(["suite", "run"]).ngroups
+    lines = ["## Error analysis (all runs, test predictions)", "",
+             f"Pooled over {n_runs} runs x their test images ({frame['id'].nunique()} distinct "
+             f"images); MAE and bias (mean of prediction − age) in years.", ""]
+    groups = mae_by_group(frame)
+    lines += ["| age group | images | MAE | bias |", "| --- | --- | --- | --- |"]
+    unique = frame.drop_duplicates("id")
+    counts = mae_by_group(unique).set_index("group")["n"]  # distinct images per group
+    for r in groups.itertuples():
+        lines.append(f"| {r.group} | {counts[r.group]} | {r.mae:.2f} | {r.bias:+.2f} |")
+    for column in ATTRIBUTES:
+        if column not in frame.columns or frame[column].isna().all():
+            continue
+        table = mae_by(frame, column)
+        per_image = unique[column].value_counts(dropna=False)
+        lines += ["", f"| {column} | images | MAE | bias |", "| --- | --- | --- | --- |"]
+        for r in table.itertuples(index=False):
+            value = r[0]
+            lines.append(f"| {value} | {per_image.get(value, 0)} | {r.mae:.2f} | {r.bias:+.2f} |")
+    curve = error_vs_age(frame)
+    fig, ax = _figure()
+    ax.plot(curve["age"] + 2.5, curve["mae"], marker="o", label="MAE")
+    ax.plot(curve["age"] + 2.5, curve["bias"], marker=".", label="bias (pred − age)")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("true age (5-year bins)")
+    ax.set_ylabel("years")
+    ax.set_title("Error vs age, all runs (test)")
+    ax.legend()
+    fig.tight_layout()
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(fig_dir / "error_vs_age.png")
+    worst = groups.loc[groups["mae"].idxmax()]
+    lines += ["", f"![error vs age]({rel}/error_vs_age.png)", "",
+              f"The age group with the largest MAE is {worst['group']} ({worst['mae']:.2f}, bias "
+              f"{worst['bias']:+.2f}).", ""]
+    return lines
+
+
+# --------------------------------------------------------------------------- the report
+def _protocol(suite: SuiteResults) -> list[str]:
+    info, runs = suite.info, suite.runs
+    hardware = {f"{r['hardware']['cpu']}, {r['hardware']['cores']} cores, torch "
+                f"{r['hardware']['torch']}" + (f", {r['hardware']['gpu']}"
+                                               if r["hardware"].get("gpu") else "")
+                for r in runs}
+    # Each model once: runs that share a checkpoint (same config, ensembles) reuse its training.
+    train_h = sum({r["checkpoint"]: r["wall_time"]["train_s"] for r in runs}.values()) / 3600
+    eval_h = sum(r["wall_time"]["eval_s"] for r in runs) / 3600
+    protocol = ", ".join(f"{k} {v}" for k, v in info["protocol"].items()) or "no overrides"
+    data = sorted({r["evaluations"][info["split"]]["inference"]["data"] for r in runs})
+    return [f"*Question.* {info['question']}", "",
+            f"*Protocol.* `{info['file']}`: base `{info['base']}` with {protocol}; seeds "
+            f"{', '.join(map(str, info['seeds']))}; evaluated on the {info['split']} split of "
+            f"{', '.join(f'`{d}`' for d in data)}. Budget: {info['budget']}", "",
+            f"*Done.* {len(runs)} of {len(info['runs'])} runs; training {train_h:.2f} h (epoch "
+            f"times summed over the suite's distinct models, including any trained for another "
+            f"suite), evaluation {eval_h:.2f} h; hardware: "
+            f"{'; '.join(sorted(hardware))}.", ""]
+
+
+def suite_section(suite: SuiteResults, fig_dir: Path, rel: str) -> list[str]:
+    """Markdown of one suite: protocol, a table + findings per evaluation, figures."""
+    if not suite.runs:
+        return []
+    lines = [f"## {suite.name}", "", *_protocol(suite)]
+    evaluations = [suite.info["split"], *suite.info.get("extras", [])]
+    for evaluation in evaluations:
+        table = variant_table(suite, evaluation)
+        if table.empty:
+            continue
+        lines += [f"**{evaluation}**", "", *_markdown(table, suite.info["baseline"]), ""]
+        where = "" if evaluation == suite.info["split"] else evaluation
+        lines += [f"- {s}" for s in findings(table, suite.info["baseline"], where)] + [""]
+        if evaluation == suite.info["split"]:
+            for path in suite_figures(suite, table, fig_dir):
+                lines += [f"![{path.stem}]({rel}/{path.name})", ""]
+    return lines
+
+
+def write_report(results_dir: str | Path, out: str | Path) -> Path:
+    """Write the Markdown report and its figures (in <out's folder>/figures/); returns out."""
+    out = Path(out)
+    fig_dir = out.parent / "figures"
+    suites = [s for s in load_results(results_dir) if s.runs]
+    lines = ["# Results", "",
+             "Generated by `scripts/make_report.py` from the files under "
+             f"`{Path(results_dir).name}/` (do not edit by hand). MAE in years; CIs are 95 % "
+             f"percentile bootstraps ({N_BOOT} resamples of the test images, errors averaged "
+             "over seeds first; differences are paired on the same images). They do not include "
+             "seed-to-seed variation, shown separately as the s.d. of the per-seed MAEs. A "
+             "difference is only called one when its CI excludes zero.", ""]
+    if not suites:
+        lines.append("No finished suite runs yet.")
+    for suite in suites:
+        lines += suite_section(suite, fig_dir, "figures")
+    lines += error_analysis(suites, fig_dir, "figures")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines).rstrip() + "\n")
+    return out

@@ -1,0 +1,138 @@
+"""The results report: bootstrap CIs on known cases and a report built from a small synthetic
+results folder (made by the suite runner with a fake train.py/test.py) with hand-computed MAEs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_suites import FakeExecutor, write_suite
+
+from age_estimation.analysis.report import findings, load_results, variant_table, write_report
+from age_estimation.analysis.runner import SuiteRunner
+from age_estimation.analysis.suites import load_suite
+from age_estimation.metrics import bootstrap_ci
+
+N_IMAGES = 40
+AGES = np.arange(N_IMAGES) * 2.0 + 2  # 2, 4, ..., 80
+# |error| of image i is (1 + i % 5) x the seed's factor: an MAE of 3 x factor.
+PATTERN = (1 + np.arange(N_IMAGES) % 5) * np.where(np.arange(N_IMAGES) % 2, 1.0, -1.0)
+SEED_FACTOR = {0: 1.0, 1: 2.0}
+HEAD_FACTOR = {"dex": 1.0, "l1": 0.5}  # "same" trains the same config as dex
+
+
+def synthetic_predictions(overrides: dict, command: list[str], split: str) -> pd.DataFrame:
+    """Predictions whose errors follow PATTERN, scaled by seed, head and data fraction; the
+    "all" split (FG-NET-like) has errors 1.5x larger."""
+    scale = (SEED_FACTOR[int(overrides["TRAIN.SEED"])] * HEAD_FACTOR[overrides["MODEL.HEAD"]]
+             / float(overrides.get("DATA.FRACTION", 1.0)) * (1.5 if split == "all" else 1.0))
+    err = PATTERN * scale
+    has_std = overrides["MODEL.HEAD"] == "dex"
+    return pd.DataFrame({
+        "id": [f"img{i}" for i in range(N_IMAGES)],
+        "path": [f"img{i}.jpg" for i in range(N_IMAGES)],
+        "age": AGES, "age_std": np.nan, "pred": AGES + err,
+        "std": np.abs(err) + 1.0 if has_std else np.nan,
+        "std_aleatoric": np.abs(err) + 1.0 if has_std else np.nan, "std_epistemic": np.nan,
+        "gender": np.where(np.arange(N_IMAGES) % 2, "female", "male"),
+        "race": np.array(["white", "black", "asian", "indian"])[np.arange(N_IMAGES) % 4]})
+
+
+def make_synthetic_results(root: Path) -> Path:
+    """root/runs/{heads,fraction}/... as scripts/run_suite.py leaves them, and
+    root/reference/predictions_test.csv; returns root/runs."""
+    fake = FakeExecutor(synthetic_predictions)
+    fgnet = [{"name": "fgnet", "args": ["--data", "fgnet:{data}/fgnet", "--split", "all"]}]
+    heads = write_suite(root, "heads", variant_axis="head", baseline="head=dex", variants={
+        "dex": {"set": {"MODEL.HEAD": "dex"}}, "same": {"set": {"MODEL.HEAD": "dex"}},
+        "better": {"set": {"MODEL.HEAD": "l1"}}},
+        evaluation={"split": "test", "extra": fgnet})
+    fraction = write_suite(root, "fraction", protocol={"MODEL.HEAD": "dex"},
+                           grid={"DATA.FRACTION": [0.25, 0.5, 1.0]}, baseline="fraction=1.0")
+    for path in (heads, fraction):
+        SuiteRunner(load_suite(path), root / "checkpoints", root / "runs", execute=fake,
+                    log=lambda line: None, cost=lambda t: {
+                        "gflops": 1.0 if "dex" in t.overrides else 2.0, "params_m": 11.0}).run()
+    reference = root / "reference"
+    reference.mkdir()
+    synthetic_predictions({"TRAIN.SEED": "0", "MODEL.HEAD": "dex"}, [], "test").to_csv(
+        reference / "predictions_test.csv", index=False)
+    return root / "runs"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return make_synthetic_results(tmp_path_factory.mktemp("synthetic"))
+
+
+def test_bootstrap_ci_on_known_cases():
+    assert bootstrap_ci(np.full(50, 3.0)) == (3.0, 3.0, 3.0)
+    values = np.random.default_rng(0).normal(10.0, 2.0, 4000)
+    est, low, high = bootstrap_ci(values, n_boot=2000)
+    half = 1.96 * values.std() / math.sqrt(values.size)  # the normal-theory interval
+    assert est == pytest.approx(values.mean())
+    assert low == pytest.approx(est - half, abs=0.02)
+    assert high == pytest.approx(est + half, abs=0.02)
+
+
+def test_variant_table_matches_hand_computed_maes(results):
+    suite = next(s for s in load_results(results) if s.name == "heads")
+    table = variant_table(suite).set_index("variant")
+    # MAE of PATTERN is 3; seeds scale it by 1 and 2 (mean 4.5); l1 halves it
+    assert table.loc["head=dex", "mae"] == pytest.approx(4.5)
+    assert table.loc["head=same", "mae"] == pytest.approx(4.5)
+    assert table.loc["head=better", "mae"] == pytest.approx(2.25)
+    assert table.loc["head=dex", "seed_sd"] == pytest.approx(np.std([3.0, 6.0], ddof=1))
+    assert (table["seeds"] == 2).all() and (table["images"] == N_IMAGES).all()
+    # the CI resamples images of the seed-averaged errors
+    per_image = np.abs(PATTERN) * 1.5
+    assert tuple(table.loc["head=dex", ["mae", "ci_low", "ci_high"]]) == pytest.approx(
+        bootstrap_ci(per_image, n_boot=2000))
+    assert table.loc["head=better", "diff"] == pytest.approx(-2.25)
+    assert table.loc["head=better", "diff_high"] < 0
+    assert table.loc["head=same", ["diff", "diff_low", "diff_high"]].tolist() == [0, 0, 0]
+    fgnet = variant_table(suite, "fgnet").set_index("variant")
+    assert fgnet.loc["head=dex", "mae"] == pytest.approx(4.5 * 1.5)
+
+
+def test_findings_call_a_difference_only_when_the_ci_excludes_zero():
+    table = pd.DataFrame({"variant": ["a", "b", "c", "d"], "mae": [5.0, 5.1, 4.0, 6.0],
+                          "ci_low": [4.8, 4.9, 3.8, 5.7], "ci_high": [5.2, 5.3, 4.2, 6.3],
+                          "diff": [math.nan, 0.1, -1.0, 1.0],
+                          "diff_low": [math.nan, -0.05, -1.2, 0.7],
+                          "diff_high": [math.nan, 0.25, -0.8, 1.3]})
+    sentences = findings(table, "a")
+    assert sentences[0].startswith("No measurable difference between b and a (difference +0.10")
+    assert sentences[1].startswith("c has a lower MAE than a by 1.00 years (95 % CI -1.20 to")
+    assert sentences[2].startswith("d has a higher MAE than a by 1.00 years")
+    assert sentences[3].startswith("The lowest MAE is c (4.00")
+
+
+def test_report_has_the_tables_findings_figures_and_error_analysis(results, tmp_path):
+    out = write_report(results, tmp_path / "REPORT.md")
+    text = out.read_text()
+    assert "## heads" in text and "## fraction" in text
+    assert "| **head=dex** (baseline) | 2 | 40 | 4.50 (" in text
+    assert "| head=better | 2 | 40 | 2.25 (" in text
+    assert "No measurable difference between head=same and head=dex" in text
+    assert "Head=better has a lower MAE than head=dex by 2.25 years" not in text
+    assert "head=better has a lower MAE than head=dex by 2.25 years" in text
+    assert "On fgnet, head=better has a lower MAE than head=dex by 3.38 years" in text
+    assert "*Question.* Does it work?" in text and "seeds 0, 1" in text
+    assert "cores, torch" in text
+    # fraction 0.25 quadruples the errors: 18.0 vs 4.5
+    assert "fraction=0.25 has a higher MAE than fraction=1.0 by 13.50 years" in text
+    assert "| 20-39 |" in text and "| female |" in text and "| asian |" in text
+    figures = tmp_path / "figures"
+    for name in ("heads_mae.png", "heads_cost.png", "fraction_mae.png", "error_vs_age.png"):
+        assert (figures / name).read_bytes()[:4] == b"\x89PNG", name
+        assert f"(figures/{name})" in text
+    assert not (figures / "fraction_cost.png").exists()  # one cost only: no cost figure
+
+
+def test_report_without_runs_says_so(tmp_path):
+    text = write_report(tmp_path / "nothing", tmp_path / "REPORT.md").read_text()
+    assert "No finished suite runs yet." in text and "##" not in text
