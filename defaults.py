@@ -36,6 +36,11 @@ _C.AUG = CN()
 _C.AUG.POLICY = "basic"
 # Sample the training target from N(age, age_std) where the dataset gives age_std (APPA-REAL).
 _C.AUG.LABEL_JITTER = True
+# Perturbations applied before the policy, one drawn per image: KIND (levels 1-5), KIND:LEVEL or
+# KIND:LOW-HIGH, e.g. ["blur", "jpeg:1-3"] (kinds: age_estimation/data/perturbations.py).
+_C.AUG.PERTURB = []
+# Probability that an image gets one of AUG.PERTURB.
+_C.AUG.PERTURB_P = 0.5
 
 # ---------------------------------------------------------------------------------------------
 _C.MODEL = CN()
@@ -59,6 +64,44 @@ _C.MODEL.ORDINAL = "coral"
 _C.MODEL.VARIANCE = "hetero"
 # Weight of the residual (L1) term of residual_dex relative to its cross-entropy.
 _C.MODEL.RESIDUAL_WEIGHT = 1.0
+# Record attributes learned as extra classification tasks (e.g. [gender, race]); [] = age only.
+_C.MODEL.ATTRIBUTES = []
+
+# Feature distribution smoothing (Yang et al., ICML 2021) on the pooled features, training only.
+_C.MODEL.FDS = CN()
+# Recalibrate training features with per-age statistics smoothed across neighbouring ages.
+_C.MODEL.FDS.ENABLED = False
+# First epoch (0-based) whose features are recalibrated, with the statistics of the epoch before.
+_C.MODEL.FDS.START_EPOCH = 1
+# Weight of the previous epochs' statistics when an epoch's are folded in, in [0, 1).
+_C.MODEL.FDS.MOMENTUM = 0.9
+# Smoothing kernel over neighbouring ages: gaussian | triang | laplace.
+_C.MODEL.FDS.KERNEL = "gaussian"
+# Kernel size in ages (odd).
+_C.MODEL.FDS.KS = 5
+# Kernel width in years (gaussian, laplace).
+_C.MODEL.FDS.SIGMA = 2.0
+
+# ---------------------------------------------------------------------------------------------
+_C.LOSS = CN()
+# Per-image weights of the age loss from the train ages, mean 1: none | inverse | sqrt_inverse
+# (1 / n, 1 / sqrt(n) of the integer age) | lds | sqrt_lds (1 / label-distribution-smoothed n or
+# sqrt(n), Yang et al., ICML 2021).
+_C.LOSS.REWEIGHT = "none"
+# LDS kernel over neighbouring ages: gaussian | triang | laplace.
+_C.LOSS.LDS_KERNEL = "gaussian"
+# LDS kernel size in ages (odd).
+_C.LOSS.LDS_KS = 5
+# LDS kernel width in years (gaussian, laplace).
+_C.LOSS.LDS_SIGMA = 2.0
+# Weight of each MODEL.ATTRIBUTES cross-entropy relative to the age loss ([] = all 1.0).
+_C.LOSS.ATTRIBUTE_WEIGHTS = []
+
+# ---------------------------------------------------------------------------------------------
+_C.SAMPLER = CN()
+# Draw each epoch's images with replacement, with probability 1 / (train images of their integer
+# age): a flat age histogram. The epoch keeps the train split's length.
+_C.SAMPLER.BALANCED = False
 
 # ---------------------------------------------------------------------------------------------
 _C.TRAIN = CN()

@@ -23,6 +23,9 @@ _CHOICES = {
     "MODEL.VARIANCE": ("hetero", "homo"),
     "TRAIN.OPTIMIZER": ("adamw", "sgd"),
     "TRAIN.SCHEDULE": ("cosine", "step"),
+    "LOSS.REWEIGHT": ("none", "inverse", "sqrt_inverse", "lds", "sqrt_lds"),
+    "LOSS.LDS_KERNEL": ("gaussian", "triang", "laplace"),
+    "MODEL.FDS.KERNEL": ("gaussian", "triang", "laplace"),
 }
 
 
@@ -46,6 +49,16 @@ def validate(cfg: CfgNode) -> None:
         raise ConfigError(f"DATA.FRACTION = {cfg.DATA.FRACTION}: expected a value in (0, 1]")
     if not 0.0 <= cfg.MODEL.DROPOUT < 1.0:
         raise ConfigError(f"MODEL.DROPOUT = {cfg.MODEL.DROPOUT}: expected a value in [0, 1)")
+    from age_estimation.data.perturbations import parse_perturb_range
+
+    for spec in cfg.AUG.PERTURB:
+        try:
+            parse_perturb_range(spec)
+        except ValueError as err:
+            raise ConfigError(f"AUG.PERTURB: {err}") from None
+    if cfg.LOSS.ATTRIBUTE_WEIGHTS and len(cfg.LOSS.ATTRIBUTE_WEIGHTS) != len(cfg.MODEL.ATTRIBUTES):
+        raise ConfigError(f"LOSS.ATTRIBUTE_WEIGHTS has {len(cfg.LOSS.ATTRIBUTE_WEIGHTS)} values "
+                          f"for MODEL.ATTRIBUTES {list(cfg.MODEL.ATTRIBUTES)}")
     for key in ("MODEL.IMG_SIZE", "TRAIN.EPOCHS", "TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE"):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} = {_get(cfg, key)}: expected a positive value")

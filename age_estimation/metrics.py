@@ -479,6 +479,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     if summary.get("by_group"):
         lines += ["", "By age group:", *_table(summary["by_group"], "group")]
+    if summary.get("by_shot"):
+        lines += ["", "By shot (training images of the age):", *_table(summary["by_shot"], "shot")]
     for col, rows in summary.get("by_attribute", {}).items():
         lines += ["", f"By {col}:", *_table(rows, col)]
     unc = summary.get("uncertainty") or {}

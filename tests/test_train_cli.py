@@ -107,3 +107,19 @@ def test_short_training_on_real_utkface_beats_the_mean_baseline(real_dataset, tm
     print(f"valid MAE {model_mae:.2f} vs mean baseline {baseline:.2f}")
     assert len(preds) == 1500
     assert model_mae < 0.8 * baseline
+
+
+def test_data_side_research_knobs_train_end_to_end(csv_dataset, tmp_path):
+    """LDS loss weights, the balanced sampler, FDS and gender as an extra task, all at once."""
+    out = tmp_path / "run"
+    run("train.py", "--cfg", "configs/utkface_resnet18_dex.yaml", "OUTPUT_DIR", str(out),
+        "DATA.DATASET", "csv", "DATA.ROOT", str(csv_dataset), "DATA.CACHE_DIR", str(out / "c"),
+        "DATA.NUM_WORKERS", "0", "MODEL.IMG_SIZE", "32", "TRAIN.EPOCHS", "2",
+        "TRAIN.BATCH_SIZE", "8", "LOSS.REWEIGHT", "lds", "SAMPLER.BALANCED", "True",
+        "MODEL.FDS.ENABLED", "True", "MODEL.FDS.START_EPOCH", "1",
+        "MODEL.ATTRIBUTES", "['gender']", "AUG.PERTURB", "['blur:1-3', 'jpeg']")
+    state = load_checkpoint(out / "last.pth")
+    assert state["attribute_vocab"] == {"gender": ["0", "1"]}
+    assert any(k.startswith("fds.") for k in state["model"])
+    assert any(k.startswith("attributes.") for k in state["model"])
+    assert pd.read_csv(out / "metrics.csv")["valid_mae"].notna().all()

@@ -14,6 +14,7 @@ from yacs.config import CfgNode
 
 from age_estimation.data.cache import build_cache
 from age_estimation.data.datasets import default_data_dir, read_dataset
+from age_estimation.data.imbalance import BalancedSampler
 from age_estimation.data.records import Record
 from age_estimation.data.sampling import stratified_fraction
 
@@ -102,16 +103,22 @@ class EpochBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, steps: int,
-                 start: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 start: int = 0, rank: int = 0, world_size: int = 1,
+                 weights: np.ndarray | None = None) -> None:
         self.n, self.batch_size, self.steps, self.start = n, min(batch_size, n), steps, start
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        # Sampling weights (SAMPLER.BALANCED): draw the epoch with replacement instead.
+        self.balanced = None if weights is None else BalancedSampler(weights, seed, epoch)
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator)
+        if self.balanced is not None:
+            order = self.balanced.order()
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=generator)
         for step in range(self.start, self.steps):
             batch = order[step * self.batch_size:(step + 1) * self.batch_size]
             first = len(batch) * self.rank // self.world_size
@@ -120,12 +127,14 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 def train_loader(cfg: CfgNode, dataset: AgeDataset, epoch: int, start_step: int = 0,
-                 rank: int = 0, world_size: int = 1) -> DataLoader:
+                 rank: int = 0, world_size: int = 1,
+                 weights: np.ndarray | None = None) -> DataLoader:
     """This rank's batches of `epoch` from step `start_step`: the order depends on nothing but
     (TRAIN.SEED, epoch), so a run resumed mid-epoch sees exactly the batches it would have."""
     dataset.set_epoch(epoch)
     sampler = EpochBatchSampler(len(dataset), cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.SEED, epoch,
-                                steps_per_epoch(cfg, len(dataset)), start_step, rank, world_size)
+                                steps_per_epoch(cfg, len(dataset)), start_step, rank, world_size,
+                                weights)
     # An explicit generator for the workers' base seed: otherwise the DataLoader draws it from
     # torch's global RNG, which dropout uses, and a resumed run's dropout masks would shift.
     generator = torch.Generator().manual_seed(cfg.TRAIN.SEED * 100_003 + epoch)

@@ -73,7 +73,7 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, CfgNode]:
         cfg.defrost()
         cfg.MODEL.PRETRAINED = "none"
         cfg.freeze()
-    model = AgeModel(cfg)
+    model = AgeModel(cfg, state.get("attribute_vocab"))
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
     model.load_state_dict(weights)
     model.eval()

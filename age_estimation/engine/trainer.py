@@ -23,9 +23,11 @@ from yacs.config import CfgNode
 
 from age_estimation.config import ConfigError
 from age_estimation.data.build import AgeDataset, load_split, steps_per_epoch, train_loader
+from age_estimation.data.imbalance import FeatureSmoothing, age_histogram, sample_weights
 from age_estimation.data.transforms import build_train_transform
 from age_estimation.engine.checkpoint import load_checkpoint, save_checkpoint
 from age_estimation.engine.evaluation import predict_records
+from age_estimation.models.attributes import attribute_vocab, encode_attributes
 from age_estimation.models.model import AgeModel
 
 logger = logging.getLogger(__name__)
@@ -117,11 +119,22 @@ class Trainer:
         self.valid_records, self.valid_images = load_split(cfg, "valid")
         if self.world_size > 1 and builder:
             dist.barrier()
-        self.train_set = AgeDataset(self.train_records, train_images,
-                                    build_train_transform(cfg.AUG.POLICY),
+        transform = build_train_transform(cfg.AUG.POLICY, cfg.AUG.PERTURB, cfg.AUG.PERTURB_P,
+                                          donors=train_images)
+        self.train_set = AgeDataset(self.train_records, train_images, transform,
                                     label_jitter=cfg.AUG.LABEL_JITTER, seed=cfg.TRAIN.SEED)
         self.steps_per_epoch = steps_per_epoch(cfg, len(self.train_set))
-        self.model = AgeModel(cfg).to(self.device)
+        ages = self.train_set.ages
+        self.loss_weights = None
+        if cfg.LOSS.REWEIGHT != "none":
+            self.loss_weights = torch.from_numpy(sample_weights(
+                ages, cfg.LOSS.REWEIGHT, cfg.LOSS.LDS_KERNEL, cfg.LOSS.LDS_KS,
+                cfg.LOSS.LDS_SIGMA)).to(self.device)
+        self.sampling_weights = sample_weights(ages, "inverse") if cfg.SAMPLER.BALANCED else None
+        self.attribute_vocab = attribute_vocab(self.train_records, cfg.MODEL.ATTRIBUTES)
+        self.attribute_labels = encode_attributes(self.train_records,
+                                                  self.attribute_vocab).to(self.device)
+        self.model = AgeModel(cfg, self.attribute_vocab).to(self.device)
         if cfg.TRAIN.CHANNELS_LAST:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model
@@ -129,6 +142,11 @@ class Trainer:
             # Same initial weights everywhere (DDP also broadcasts rank 0's), own dropout stream.
             torch.manual_seed(int(np.random.SeedSequence([cfg.TRAIN.SEED, self.rank])
                                   .generate_state(1)[0]))
+            if self.model.fds is not None:
+                # Each rank accumulates its own images' FDS sums (summed in _end_epoch_fds):
+                # DDP must not overwrite them with rank 0's at every forward.
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    self.model, [f"fds.{name}" for name in FeatureSmoothing.ACCUMULATORS])
             self.net = DistributedDataParallel(self.model)
         self.optimizer = create_optimizer_v2(
             self.model, opt=cfg.TRAIN.OPTIMIZER, lr=cfg.TRAIN.LR,
@@ -172,6 +190,8 @@ class Trainer:
             "best_mae": self.best_mae,
             "config": self.cfg.dump(),
             "rng": rngs,
+            "attribute_vocab": self.attribute_vocab,
+            "train_age_counts": age_histogram(self.train_set.ages).astype(int).tolist(),
         }, self.out / name)
 
     def _resume(self, path: str) -> None:
@@ -210,7 +230,10 @@ class Trainer:
         """Train steps `start_step`.. of `epoch`; returns (mean train loss, images per second)."""
         cfg, stats = self.cfg, self.epoch_stats
         self.net.train()
-        loader = train_loader(cfg, self.train_set, epoch, start_step, self.rank, self.world_size)
+        loader = train_loader(cfg, self.train_set, epoch, start_step, self.rank, self.world_size,
+                              self.sampling_weights)
+        fds_ages = self.model.fds is not None
+        with_attributes = self.model.attributes is not None
         seen_before, start = stats["seen"], time.perf_counter()
         progress = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}", leave=False,
                         disable=True if self.rank else None, mininterval=5)
@@ -220,8 +243,17 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = {k: v.to(self.device) for k, v in batch.items() if k != "image"}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.TRAIN.AMP):
-                outputs = self.net(images)
-            loss = self.model.head.loss(outputs, targets).mean()
+                outputs = self.net(images, targets["age"] if fds_ages else None,
+                                   with_attributes=with_attributes)
+            if with_attributes:
+                outputs, attribute_logits = outputs
+            per_image = self.model.head.loss(outputs, targets)
+            if self.loss_weights is not None:
+                per_image = per_image * self.loss_weights[targets["index"]]
+            if with_attributes:
+                per_image = per_image + self.model.attributes.loss(
+                    attribute_logits, self.attribute_labels[targets["index"]])
+            loss = per_image.mean()
             self.optimizer.zero_grad(set_to_none=True)
             if self._all_finite(loss):
                 loss.backward()
@@ -249,12 +281,22 @@ class Trainer:
         if stats["skipped"] == self.steps_per_epoch:
             raise NonFiniteLossError(f"every batch of epoch {epoch + 1} had a non-finite loss: "
                                      f"the weights have diverged (lower TRAIN.LR?)")
+        if self.model.fds is not None:
+            self._end_epoch_fds(epoch)
         totals = torch.tensor([stats["loss_sum"], stats["seen"], stats["seen"] - seen_before],
                               dtype=torch.float64)
         if self.world_size > 1:
             dist.all_reduce(totals)  # over all ranks' images
         loss_sum, seen, seen_now = totals.tolist()
         return loss_sum / max(seen, 1), seen_now / (time.perf_counter() - start)
+
+    def _end_epoch_fds(self, epoch: int) -> None:
+        """Fold the epoch's FDS feature sums (of all ranks' images) into its statistics."""
+        fds = self.model.fds
+        if self.world_size > 1:
+            for name in FeatureSmoothing.ACCUMULATORS:
+                dist.all_reduce(getattr(fds, name))
+        fds.end_epoch(epoch)
 
     def validate(self):
         frame = predict_records([self.model], self.cfg, self.valid_records, self.valid_images,
