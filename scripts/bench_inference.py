@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
+    import numpy as np
     import torch
 
     from age_estimation.data.build import load_split
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         source = f"{args.n} random uint8 images"
     else:
         _, cached = load_split(cfg, "test")
-        images = torch.from_numpy(cached[:args.n]).permute(0, 3, 1, 2).contiguous()
+        images = torch.from_numpy(np.array(cached[:args.n])).permute(0, 3, 1, 2).contiguous()
         source = f"the first {len(images)} cached {cfg.DATA.DATASET} test images"
     batch_size = args.batch_size or cfg.TEST.BATCH_SIZE
     # Pre-built batches: the timing covers inference, not data loading.

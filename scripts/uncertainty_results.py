@@ -1,7 +1,7 @@
 """How good is the predictive uncertainty? DEX vs Gaussian vs Laplace heads, each evaluated
 plain, with TTA, with MC-Dropout, as an ensemble of seeds, and all combined; raw and σ-scaled.
 
-python scripts/uncertainty_results.py [--fraction 0.25 --epochs 8 --size 64] [--runs DIR]
+python scripts/uncertainty_results.py [--fraction 0.1 --epochs 5 --size 64] [--runs DIR]
     [--results results/uncertainty]
 
 Trains every (head, seed) with train.py and evaluates with test.py (subprocesses; a finished
@@ -397,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default="", help="UTKFace folder (default: shared data)")
     parser.add_argument("--heads", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--fraction", type=float, default=0.25, help="share of the train split")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--fraction", type=float, default=0.1, help="share of the train split")
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--size", type=int, default=64, help="MODEL.IMG_SIZE")
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--tta", default="flip", help="test.py --tta value")

@@ -320,7 +320,7 @@ class Trainer:
             rngs = self._rng_states()
             last = epoch + 1 == cfg.TRAIN.EPOCHS
             valid_mae = math.nan
-            # Rank 0 validates alone (see docs/distributed.md) while the others wait in the next
+            # Rank 0 validates alone (README, "Several GPUs") while the others wait in the next
             # collective: the numbers are those of a single-process run, and the split is small.
             if not self.rank and (last or (epoch + 1) % cfg.TRAIN.EVAL_EVERY == 0):
                 valid_mae, frame = self.validate()
