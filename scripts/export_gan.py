@@ -2,7 +2,7 @@
 format that synthesize.py and gan_quality.py accept (see age_estimation/gan/external.py):
 forward(z [B, Z], labels [B, 1 + A]) -> images in [-1, 1], [B, 3, R, R], metadata inside.
 
-    python scripts/export_gan.py --resume output/gan/utkface_dcgan64 --out gan64.ts
+    python scripts/export_gan.py --resume ../runs/gan/utkface_dcgan64 --out gan64.ts
 """
 
 from __future__ import annotations

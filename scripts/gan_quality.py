@@ -4,7 +4,7 @@
   (printed with the distance between two random halves of the real set: the noise floor);
 * how well the teacher's predicted age follows the conditioning age: MAE, Pearson r, bias.
 
-    python scripts/gan_quality.py --generator output/gan/utkface_dcgan64 \\
+    python scripts/gan_quality.py --generator ../runs/gan/utkface_dcgan64 \\
         --teacher output/utkface_resnet18_dex/best.pth --n 2000 [--json quality.json]
 """
 

@@ -1,9 +1,9 @@
 """Draw faces from a generator, pseudo-label them with a teacher age model, write a dataset.
 
-    python scripts/synthesize.py --generator output/gan/utkface_dcgan64 \\
-        --teacher output/utkface_resnet18_dex/best.pth --n 20000 --out output/synth/all
+    python scripts/synthesize.py --generator ../runs/gan/utkface_dcgan64 \\
+        --teacher output/utkface_resnet18_dex/best.pth --n 20000 --out ../runs/synth/all
     python scripts/synthesize.py --generator gan.ts --teacher CKPT \\
-        --ages 60-100 --per-age 200 --min-confidence 6 --out output/synth/old
+        --ages 60-100 --per-age 200 --min-confidence 6 --out ../runs/synth/old
 
 --generator: a scripts/train_gan.py run folder or checkpoint (its EMA generator), or a
 TorchScript generator (see age_estimation/gan/external.py for the expected signature).
@@ -140,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                 for j, attr in enumerate(generator.label_columns[1:]):
                     row[attr] = generator.vocab[attr][int(labels[i, 1 + j])]
             rows.append(row)
-    pd.DataFrame(rows).to_csv(out / "labels.csv", index=False)
+    columns = ["path", "age", "age_std"]
+    if generator.conditional:
+        columns += ["conditioned_age", *generator.label_columns[1:]]
+    pd.DataFrame(rows, columns=columns).to_csv(out / "labels.csv", index=False)
     generator_path = Path(args.generator)
     if generator_path.is_dir():
         generator_path = generator_path / "last.pth"
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(rows) < n:
         print(f"warning: only {len(rows)} images passed --min-confidence {args.min_confidence} "
               f"in {drawn} draws", file=sys.stderr)
-    return 0
+    return 0 if rows else 1
 
 
 if __name__ == "__main__":

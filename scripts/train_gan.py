@@ -1,7 +1,7 @@
 """Train the toolkit's age-conditional GAN on a dataset's train split (default UTKFace).
 
     python scripts/train_gan.py --cfg configs/gan/utkface_dcgan64.yaml --minutes 60
-    python scripts/train_gan.py --resume output/gan/utkface_dcgan64 [--minutes 90] [KEY VALUE ...]
+    python scripts/train_gan.py --resume ../runs/gan/utkface_dcgan64 [--minutes 90] [KEY VALUE ...]
 
 The run folder (OUTPUT_DIR) gets config.yaml, last.pth (atomic; weights_only-safe), metrics.csv
 (step, losses, images/s, minutes), train.log and samples/step_NNNNNNN.png: one row per age

@@ -65,6 +65,7 @@ class Method:
 
 
 def methods(tta: str, mc: int) -> list[Method]:
+    """Every inference variant, plain first (the reference of the comparisons)."""
     return [
         Method("plain", (), False),
         Method(f"tta({tta})", ("--tta", tta), False),
@@ -85,7 +86,19 @@ def run(args: list[str], log: Path) -> None:
                  f"{log.read_text()[-3000:]}")
 
 
+def check_budget(opts: argparse.Namespace) -> None:
+    """Refuse to mix budgets in one --runs folder: resuming a run under another epoch count,
+    size or fraction (or reusing evaluations made with other options) would be silently wrong."""
+    budget = {k: getattr(opts, k) for k in ("fraction", "epochs", "size", "dropout", "tta", "mc")}
+    path = opts.runs / "budget.json"
+    if path.is_file() and (saved := json.loads(path.read_text())) != budget:
+        sys.exit(f"{opts.runs} holds runs made with {saved}, not {budget}: pass another --runs")
+    opts.runs.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(budget))
+
+
 def completed_epochs(run_dir: Path) -> int:
+    """Epochs in the run's last checkpoint (0 when there is none)."""
     last = run_dir / "last.pth"
     return int(load_checkpoint(last)["epoch"]) if last.is_file() else 0
 
@@ -409,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("an ensemble needs at least 2 seeds")
     command = "python scripts/uncertainty_results.py " + " ".join(argv or sys.argv[1:])
     start = time.perf_counter()
+    check_budget(opts)
     train_all(opts)
     outputs = evaluate_all(opts)
     results, comparisons = summarize_results(opts, outputs)

@@ -18,6 +18,7 @@ from deploy_helpers import (  # noqa: F401 (one_torch_thread: an autouse fixture
     write_checkpoint,
 )
 
+from age_estimation.config import ConfigError
 from age_estimation.data.datasets import read_dataset
 from age_estimation.data.mixing import MixedBatchSampler
 from age_estimation.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -174,6 +175,12 @@ def test_synthesize_writes_a_teacher_labelled_csv_dataset(gan_checkpoint, teache
     assert sorted(kept["conditioned_age"]) == [60, 60, 61, 61]
     assert (kept["age_std"] < threshold).all()
     assert json.loads((filtered / "provenance.json").read_text())["drawn"] > 4
+    # Nothing confident enough: a failure exit, and still a well-formed (empty) label file.
+    none = tmp_path / "none"
+    assert synthesize(["--generator", str(gan_checkpoint), "--teacher", str(teacher), "--n", "2",
+                       "--min-confidence", "1e-6", "--max-draws", "4", "--out", str(none),
+                       "--device", "cpu"]) == 1
+    assert pd.read_csv(none / "labels.csv").columns[:3].tolist() == ["path", "age", "age_std"]
 
 
 # ------------------------------------------------------------------------------ mixing
@@ -283,3 +290,11 @@ def test_train_gan_resume_continues_from_the_saved_step(csv_faces, tmp_path):
     assert grids == ["step_0000002.png", "step_0000003.png"]
     grid = cv2.imread(str(tmp_path / "split" / "samples" / grids[0]))
     assert grid.shape == (10 * 34, 2 * 34, 3)  # one row per age decade
+
+
+@pytest.mark.parametrize("key,value", [("MODEL.RESOLUTION", "48"), ("TRAIN.LOSS", "wgan"),
+                                       ("TRAIN.DIFFAUG", "cutout"), ("MODEL.AGE_BINS", "1"),
+                                       ("MODEL.NOPE", "1")])
+def test_gan_config_refuses_bad_values_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=key.split(".")[-1]):
+        tiny_cfg(key, value)

@@ -15,7 +15,8 @@ from age_estimation.config import ConfigError, _merge_file
 _C = CN()
 
 # Run folder: config.yaml, last.pth (atomic), metrics.csv, train.log, samples/ (grids per decade).
-_C.OUTPUT_DIR = "output/gan/run"
+# Outside the repository by default: the sample grids show dataset-like faces.
+_C.OUTPUT_DIR = "../runs/gan/run"
 
 # ---------------------------------------------------------------------------------------------
 _C.DATA = CN()
@@ -135,9 +136,9 @@ def load_gan_config(cfg_file: str | None = None, opts: list[str] | None = None,
             if len(opts) % 2:
                 raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd list: {opts}")
             cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as err:
-        if isinstance(err, ConfigError):
-            raise
+    except ConfigError:
+        raise
+    except (KeyError, ValueError, AssertionError) as err:  # yacs names the key in its message
         where = f" (in {cfg_file})" if cfg_file else ""
         raise ConfigError(f"{err.args[0] if err.args else err}{where}") from err
     validate_gan(cfg)

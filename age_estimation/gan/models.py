@@ -172,8 +172,12 @@ class EMA:
         self.decay = decay
 
     @torch.no_grad()
-    def update(self, source: nn.Module) -> None:
+    def update(self, source: nn.Module, step: int) -> None:
+        """Fold in the weights after update number `step` (0-based). The decay ramps up as
+        (1 + step) / (10 + step): a short CPU run of a few thousand steps would otherwise
+        average in the random initial weights for its whole length."""
+        decay = min(self.decay, (1 + step) / (10 + step))
         for ema, new in zip(self.module.parameters(), source.parameters()):
-            ema.lerp_(new.detach(), 1.0 - self.decay)
+            ema.lerp_(new.detach(), 1.0 - decay)
         for ema, new in zip(self.module.buffers(), source.buffers()):
             ema.copy_(new)

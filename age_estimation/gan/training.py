@@ -141,7 +141,7 @@ class GanTrainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        self.ema.update(self.generator)
+        self.ema.update(self.generator, self.step)
         self.step += 1
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
 
@@ -149,13 +149,14 @@ class GanTrainer:
         """What a sampler needs besides the weights (plain data, stored in checkpoints and
         TorchScript exports): latent size, label columns, vocabulary, the training ages."""
         ages = np.clip(np.round(self.labels[:, 0]), 0, 130).astype(int)
+        attribute_counts = []
+        for i, name in enumerate(self.cfg.MODEL.ATTRIBUTES):
+            known = self.labels[:, 1 + i][self.labels[:, 1 + i] >= 0].astype(int)
+            attribute_counts.append(np.bincount(known, minlength=len(self.vocab[name])).tolist())
         return {"z_dim": self.cfg.MODEL.Z_DIM, "resolution": self.cfg.MODEL.RESOLUTION,
                 "label_columns": ["age", *self.cfg.MODEL.ATTRIBUTES], "vocab": self.vocab,
                 "age_counts": np.bincount(ages, minlength=131).tolist(),
-                "attribute_counts": [np.bincount(self.labels[:, 1 + i][self.labels[:, 1 + i] >= 0]
-                                                 .astype(int), minlength=len(self.vocab[name]))
-                                     .tolist()
-                                     for i, name in enumerate(self.cfg.MODEL.ATTRIBUTES)]}
+                "attribute_counts": attribute_counts}
 
     def state_dict(self) -> dict[str, Any]:
         """weights_only-safe checkpoint contents; `model` is the EMA generator (what samples)."""
