@@ -27,7 +27,7 @@ from age_estimation.cli import setup_logging
 from age_estimation.config import ConfigError
 from age_estimation.data.cache import BadImageError
 from age_estimation.data.datasets import DatasetError, parse_data_spec
-from age_estimation.engine.checkpoint import CheckpointError, load_model
+from age_estimation.engine.checkpoint import CheckpointError, load_checkpoint, load_model
 
 
 def main(argv=None) -> int:
@@ -51,15 +51,30 @@ def main(argv=None) -> int:
                         help="post-hoc recalibration: fit one std multiplier (Gaussian NLL) on "
                              "the valid split of the checkpoint's own dataset, with the same "
                              "inference options; report raw and scaled uncertainty metrics")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the MC-Dropout masks")
+    parser.add_argument("--perturb", default="", metavar="KIND:LEVEL",
+                        help="perturb every evaluated image, e.g. blur:3 (levels 1-5; kinds in "
+                             "age_estimation/data/perturbations.py), seeded by --seed")
+    parser.add_argument("--adapt-bn", action="store_true",
+                        help="AdaBN: re-estimate BatchNorm statistics on the evaluated images "
+                             "(no labels) before predicting")
+    parser.add_argument("--adapt-split", type=float, default=0.0, metavar="FRACTION",
+                        help="with --adapt-bn: adapt on this seeded share of the images and "
+                             "evaluate on the rest (default 0: adapt and evaluate on all)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the MC-Dropout masks, perturbations and adaptation split")
     parser.add_argument("--batch-size", type=int, default=0, help="override TEST.BATCH_SIZE")
     parser.add_argument("--workers", type=int, default=-1, help="override DATA.NUM_WORKERS")
     args = parser.parse_args(argv)
     setup_logging()
 
+    import numpy as np
     import torch
+    from torch.utils.data import DataLoader
 
-    from age_estimation.data.build import load_split
+    from age_estimation.data.build import AgeDataset, load_split
+    from age_estimation.data.imbalance import mae_by_shot
+    from age_estimation.data.perturbations import parse_perturb, perturb_images
+    from age_estimation.engine.adabn import adapt_batchnorm, adaptation_split
     from age_estimation.engine.evaluation import predict_records
     from age_estimation.engine.inference import parse_tta
     from age_estimation.metrics import (
@@ -73,6 +88,10 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         views = parse_tta(args.tta)
+        perturbation = parse_perturb(args.perturb) if args.perturb else None
+        if args.adapt_split and not (args.adapt_bn and 0.0 < args.adapt_split < 1.0):
+            raise ValueError(f"--adapt-split {args.adapt_split}: expected a fraction in (0, 1) "
+                             f"together with --adapt-bn")
         if args.mc_dropout < 0:
             raise ValueError(f"--mc-dropout {args.mc_dropout}: expected a number of samples >= 0")
         loaded = [load_model(p) for p in [args.resume, *args.ensemble]]
@@ -90,13 +109,28 @@ def main(argv=None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         models = [m.to(device) for m in models]
 
-        def predict(split: str, dataset: str = "", dataset_root: str = ""):
+        def predict(split: str, dataset: str = "", dataset_root: str = "", target=False):
+            """Predict a split; the evaluated target is perturbed and (AdaBN) adapted to."""
             torch.manual_seed(args.seed)  # the same MC-Dropout masks on every run
             records, images = load_split(cfg, split, dataset=dataset, root=dataset_root)
+            if target and perturbation:
+                images = perturb_images(images, *perturbation, seed=args.seed)
+            if target and args.adapt_bn:
+                adapt = evaluate = np.arange(len(records))
+                if args.adapt_split:
+                    adapt, evaluate = adaptation_split(len(records), args.adapt_split, args.seed)
+                # Shuffled: BN's variance is averaged over batches (splits may be age-sorted).
+                loader = DataLoader(AgeDataset([records[i] for i in adapt], images[adapt]),
+                                    batch_size=cfg.TEST.BATCH_SIZE, shuffle=True,
+                                    generator=torch.Generator().manual_seed(args.seed))
+                for model in models:
+                    adapt_batchnorm(model, loader, device=device)
+                records, images = [records[i] for i in evaluate], images[evaluate]
             return predict_records(models, cfg, records, images, views, args.mc_dropout, device)
 
-        frame = predict(args.split, kind, root)
+        # The valid split first: it calibrates the models as trained, before any adaptation.
         calibration = predict("valid") if args.sigma_scale_from else None
+        frame = predict(args.split, kind, root, target=True)
     except (ConfigError, CheckpointError, DatasetError, BadImageError, FileNotFoundError,
             ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -113,8 +147,15 @@ def main(argv=None) -> int:
         frame["std_scaled"] = frame["std"] * scale
     frame.to_csv(out, index=False)
     summary = summarize(frame)
+    # Training images per integer age (checkpoints from before this key: no shot breakdown).
+    counts = load_checkpoint(args.resume).get("train_age_counts")
+    if counts:
+        train_ages = np.repeat(np.arange(len(counts)), counts)
+        summary["by_shot"] = mae_by_shot(frame, train_ages).to_dict(orient="records")
     summary["inference"] = {"checkpoints": [args.resume, *args.ensemble], "tta": list(views),
                             "mc_dropout": args.mc_dropout, "seed": args.seed,
+                            "perturb": args.perturb, "adapt_bn": args.adapt_bn,
+                            "adapt_split": args.adapt_split,
                             "split": args.split,
                             "data": args.data or f"{cfg.DATA.DATASET}:{cfg.DATA.ROOT}",
                             "seconds": time.perf_counter() - start}

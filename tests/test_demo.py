@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from deploy_helpers import REPO, load_script, one_torch_thread, write_checkpoint  # noqa: F401 (autouse)
+from helpers import REPO, load_script, one_torch_thread, write_checkpoint  # noqa: F401 (autouse)
 from skimage import data
 
 import demo

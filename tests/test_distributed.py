@@ -5,10 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_csv_dataset
 
 from age_estimation.data.build import EpochBatchSampler
 
@@ -17,17 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def csv_dataset(tmp_path_factory) -> Path:
-    """80 noisy 48x48 'faces' whose brightness encodes the age: 64 train, 16 valid."""
-    root = tmp_path_factory.mktemp("csvdata")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(80):
-        age = float(rng.integers(5, 80))
-        image = np.clip(rng.normal(age * 3, 10, (48, 48, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(root / f"face{i}.png"), image)
-        rows.append({"path": f"face{i}.png", "age": age, "split": "train" if i < 64 else "valid"})
-    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
-    return root / "labels.csv"
+    return write_csv_dataset(tmp_path_factory.mktemp("csvdata"), {"train": 64, "valid": 16})
 
 
 def test_sampler_shards_each_global_batch_and_resumes_mid_epoch():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from deploy_helpers import (  # noqa: F401 (one_torch_thread: an autouse fixture)
+from helpers import (  # noqa: F401 (one_torch_thread: an autouse fixture)
     IMG_SIZE,
     REPO,
     load_script,

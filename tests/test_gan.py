@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from deploy_helpers import (  # noqa: F401 (one_torch_thread: an autouse fixture)
+from helpers import (  # noqa: F401 (one_torch_thread: an autouse fixture)
     IMG_SIZE,
     load_script,
     one_torch_thread,

@@ -190,3 +190,14 @@ def test_model_head_matches_the_backbone_output_width(backbone):
     with torch.no_grad():
         prediction = model.predict(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     assert prediction.mean.shape == (2,) and torch.isfinite(prediction.mean).all()
+
+
+def test_total_std_treats_a_missing_aleatoric_part_per_image():
+    from age_estimation.models.heads import Prediction
+
+    nan = float("nan")
+    prediction = Prediction(torch.zeros(3), torch.tensor([nan, nan, 3.0]),
+                            torch.tensor([0.0, 4.0, 4.0]))
+    std = prediction.std
+    assert torch.isnan(std[0])  # no spread of any kind: unknown, not 0
+    assert std[1].item() == pytest.approx(4.0) and std[2].item() == pytest.approx(5.0)

@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import write_csv_dataset
 
 from age_estimation.config import ConfigError
 from age_estimation.engine import checkpoint as ckpt
@@ -48,17 +47,7 @@ sys.exit(train.main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def csv_dataset(tmp_path_factory) -> Path:
-    """32 random 48x48 'faces' whose brightness encodes the age: 24 train, 8 valid."""
-    root = tmp_path_factory.mktemp("csvdata")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(32):
-        age = float(rng.integers(5, 80))
-        image = np.clip(rng.normal(age * 3, 10, (48, 48, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(root / f"face{i}.png"), image)
-        rows.append({"path": f"face{i}.png", "age": age, "split": "train" if i < 24 else "valid"})
-    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
-    return root / "labels.csv"
+    return write_csv_dataset(tmp_path_factory.mktemp("csvdata"), {"train": 24, "valid": 8})
 
 
 def train_args(out: Path, data: Path, *extra: str) -> list[str]:

@@ -9,11 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import write_csv_dataset
 
 from age_estimation.analysis.runner import DONE, SuiteRunner
 from age_estimation.analysis.suites import SuiteError, load_suite, select
@@ -225,18 +225,8 @@ def test_a_failing_training_is_reported_and_the_suite_goes_on(tmp_path):
 # --------------------------------------------------------------------------- one real run
 @pytest.fixture(scope="module")
 def csv_dataset(tmp_path_factory) -> Path:
-    """20 random 32x32 images whose brightness follows the age, as a csv dataset."""
-    root = tmp_path_factory.mktemp("suite_data")
-    rng = np.random.default_rng(1)
-    rows = []
-    for i in range(20):
-        age = float(rng.integers(5, 80))
-        image = np.clip(rng.normal(age * 3, 10, (32, 32, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(root / f"img{i}.png"), image)
-        rows.append({"path": f"img{i}.png", "age": age, "gender": ("f", "m")[i % 2],
-                     "split": "train" if i < 12 else ("valid" if i < 16 else "test")})
-    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
-    return root / "labels.csv"
+    return write_csv_dataset(tmp_path_factory.mktemp("suite_data"),
+                             {"train": 12, "valid": 4, "test": 4}, size=32, seed=1, gender=True)
 
 
 def _run_suite_main():

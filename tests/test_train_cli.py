@@ -5,10 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_csv_dataset
 
 from age_estimation.engine.checkpoint import load_checkpoint
 
@@ -24,18 +23,8 @@ def run(*args, timeout=600):
 
 @pytest.fixture(scope="module")
 def csv_dataset(tmp_path_factory):
-    """24 random 48x48 'faces' whose brightness encodes the age, in the csv dataset format."""
-    root = tmp_path_factory.mktemp("csvdata")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(24):
-        age = float(rng.integers(5, 80))
-        image = np.clip(rng.normal(age * 3, 10, (48, 48, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(root / f"face{i}.png"), image)
-        rows.append({"path": f"face{i}.png", "age": age, "gender": i % 2,
-                     "split": "train" if i < 16 else ("valid" if i < 20 else "test")})
-    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
-    return root / "labels.csv"
+    return write_csv_dataset(tmp_path_factory.mktemp("csvdata"),
+                             {"train": 16, "valid": 4, "test": 4}, gender=True)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +66,20 @@ def test_test_cli_prints_metrics_and_writes_predictions(tiny_run, csv_dataset):
     assert len(pd.read_csv(out)) == 24
 
 
+def test_test_cli_perturbs_and_adapts_batchnorm(tiny_run, csv_dataset):
+    out = tiny_run / "adapted.csv"
+    run("test.py", "--resume", str(tiny_run / "best.pth"), "--data", f"csv:{csv_dataset}",
+        "--split", "all", "--perturb", "blur:3", "--adapt-bn", "--adapt-split", "0.5",
+        "--out", str(out), "--workers", "0")
+    assert len(pd.read_csv(out)) == 12  # evaluated on the half not used for adaptation
+    inference = json.loads(out.with_suffix(".json").read_text())["inference"]
+    assert inference["perturb"] == "blur:3" and inference["adapt_bn"] is True
+    bad = subprocess.run([sys.executable, "test.py", "--resume", str(tiny_run / "best.pth"),
+                          "--perturb", "sharpen:2"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "sharpen" in bad.stderr
+
+
 def test_resume_continues_to_more_epochs(tiny_run):
     run("train.py", "--resume", str(tiny_run), "TRAIN.EPOCHS", "3")
     metrics = pd.read_csv(tiny_run / "metrics.csv")
@@ -92,13 +95,15 @@ def test_test_cli_refuses_a_missing_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_short_training_on_real_utkface_beats_the_mean_baseline(real_dataset, tmp_path):
-    """10 % of the UTKFace train split (stratified), 64 px, 3 epochs: the valid MAE must beat
-    predicting the train mean for everyone by a clear margin."""
+    """15 % of the UTKFace train split (stratified), 48 px, 4 short epochs (about a minute on
+    2 cores): the valid MAE must beat predicting the train mean by a clear margin (measured
+    when written: 10.2 vs 15.2)."""
     root = real_dataset("utkface")
     out = tmp_path / "run"
     run("train.py", "--cfg", "configs/utkface_resnet18_dex.yaml", "OUTPUT_DIR", str(out),
-        "DATA.ROOT", str(root), "DATA.FRACTION", "0.1", "DATA.CACHE_DIR", str(tmp_path / "c"),
-        "MODEL.IMG_SIZE", "64", "TRAIN.EPOCHS", "3", "TRAIN.LR", "0.003", timeout=900)
+        "DATA.ROOT", str(root), "DATA.FRACTION", "0.15", "DATA.CACHE_DIR", str(tmp_path / "c"),
+        "MODEL.IMG_SIZE", "48", "TRAIN.EPOCHS", "4", "TRAIN.BATCH_SIZE", "32",
+        "TRAIN.LR", "0.003", "TRAIN.WARMUP_EPOCHS", "0.3", timeout=1200)
     preds = pd.read_csv(out / "predictions_valid.csv")
     splits = pd.read_csv(root / "splits.csv")
     train_mean = splits.loc[splits["split"] == "train", "age"].mean()
@@ -119,7 +124,7 @@ def test_data_side_research_knobs_train_end_to_end(csv_dataset, tmp_path):
         "MODEL.FDS.ENABLED", "True", "MODEL.FDS.START_EPOCH", "1",
         "MODEL.ATTRIBUTES", "['gender']", "AUG.PERTURB", "['blur:1-3', 'jpeg']")
     state = load_checkpoint(out / "last.pth")
-    assert state["attribute_vocab"] == {"gender": ["0", "1"]}
+    assert state["attribute_vocab"] == {"gender": ["f", "m"]}
     assert any(k.startswith("fds.") for k in state["model"])
     assert any(k.startswith("attributes.") for k in state["model"])
     assert pd.read_csv(out / "metrics.csv")["valid_mae"].notna().all()

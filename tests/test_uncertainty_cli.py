@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_csv_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,14 +30,7 @@ def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def tiny_run(tmp_path_factory) -> Path:
     """A Gaussian-head resnet18 with dropout, trained 1 epoch on 20 random 32 px images."""
     root = tmp_path_factory.mktemp("uncertainty")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(20):
-        age = float(rng.integers(5, 80))
-        cv2.imwrite(str(root / f"f{i}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-        rows.append({"path": f"f{i}.png", "age": age,
-                     "split": "train" if i < 12 else ("valid" if i < 16 else "test")})
-    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    write_csv_dataset(root, {"train": 12, "valid": 4, "test": 4}, size=32)
     out = root / "run"
     run("train.py", "--cfg", "configs/utkface_resnet18_dex.yaml", "OUTPUT_DIR", str(out),
         "DATA.DATASET", "csv", "DATA.ROOT", str(root / "labels.csv"),

@@ -43,11 +43,11 @@ class Prediction:
 
     @property
     def std(self) -> Tensor:
-        """Total std: sqrt(aleatoric^2 + epistemic^2), a missing aleatoric part counted as 0
-        when there is an epistemic one."""
+        """Total std: sqrt(aleatoric^2 + epistemic^2); per image, a missing (NaN) aleatoric part
+        counts as 0 where there is an epistemic one, so l1/l2 ensembles still get a spread."""
         aleatoric_var = self.std_aleatoric.square()
-        if bool((self.std_epistemic > 0).any()):
-            aleatoric_var = torch.nan_to_num(aleatoric_var, nan=0.0)
+        missing = torch.isnan(aleatoric_var) & (self.std_epistemic > 0)
+        aleatoric_var = torch.where(missing, torch.zeros_like(aleatoric_var), aleatoric_var)
         return (aleatoric_var + self.std_epistemic.square()).sqrt()
 
 

@@ -1,5 +1,6 @@
-"""Shared by the demo / export / bundle tests: a small random-weight checkpoint (no training
-needed: they check plumbing and numerical parity, not accuracy) and in-process script loading."""
+"""Test helpers: a tiny csv dataset written on the fly, a small random-weight checkpoint (no
+training needed where tests check plumbing and numerical parity, not accuracy) and in-process
+script loading."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import cv2
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -17,6 +21,24 @@ from age_estimation.models.model import AgeModel
 IMG_SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "utkface_resnet18_dex.yaml"
+
+
+def write_csv_dataset(root: Path, splits: dict[str, int], size: int = 48, seed: int = 0,
+                      gender: bool = False) -> Path:
+    """`splits` images per split (e.g. {"train": 16, "valid": 4}) whose brightness encodes the
+    age (noisy), as a `csv` dataset: root/*.png + root/labels.csv; returns the CSV's path."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, count in splits.items():
+        for _ in range(count):
+            i = len(rows)
+            age = float(rng.integers(5, 80))
+            image = np.clip(rng.normal(age * 3, 10, (size, size, 3)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / f"face{i}.png"), image)
+            rows.append({"path": f"face{i}.png", "age": age, "split": split,
+                         **({"gender": ("f", "m")[i % 2]} if gender else {})})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root / "labels.csv"
 
 
 def write_checkpoint(path: Path, head: str = "dex") -> Path:
