@@ -3,9 +3,11 @@
 [--out preds.csv]
 
 Prints MAE, CS@5, ChaLearn eps-error (when label stds are known), MAE by age group and by
-attribute, uncertainty quality when the predictions have a spread; writes per-image predictions
-(CSV: pred, std, std_aleatoric, std_epistemic[, std_scaled]), the summary (JSON) and, when the
-predictions have a spread, a reliability diagram (<out>.reliability.png) next to them.
+attribute, uncertainty quality when the predictions have a spread, and the accuracy of the
+attribute heads when the model has them (MODEL.ATTRIBUTES; the --resume model's, identity
+view); writes per-image predictions (CSV: pred, std, std_aleatoric, std_epistemic
+[, std_scaled][, pred_<attribute>]), the summary (JSON) and, when the predictions have a
+spread, a reliability diagram (<out>.reliability.png) next to them.
 
 Test-time augmentation (--tta): a number N uses the first N views of
   identity, flip, zoom_in, zoom_in_flip, zoom_out, zoom_out_flip
@@ -68,14 +70,17 @@ def main(argv=None) -> int:
     setup_logging()
 
     import numpy as np
+    import pandas as pd
     import torch
-    from torch.utils.data import DataLoader
 
-    from age_estimation.data.build import AgeDataset, load_split
+    from age_estimation.data.build import load_split
     from age_estimation.data.imbalance import mae_by_shot
     from age_estimation.data.perturbations import parse_perturb, perturb_images
-    from age_estimation.engine.adabn import adapt_batchnorm, adaptation_split
-    from age_estimation.engine.evaluation import predict_records
+    from age_estimation.engine.evaluation import (
+        adapt_to_target,
+        predict_attributes,
+        predict_records,
+    )
     from age_estimation.engine.inference import parse_tta
     from age_estimation.metrics import (
         fit_sigma_scale,
@@ -110,27 +115,24 @@ def main(argv=None) -> int:
         models = [m.to(device) for m in models]
 
         def predict(split: str, dataset: str = "", dataset_root: str = "", target=False):
-            """Predict a split; the evaluated target is perturbed and (AdaBN) adapted to."""
+            """Predict a split; the evaluated target is perturbed and (AdaBN) adapted to, and
+            gets the --resume model's attribute predictions (pred_<name>) and accuracy."""
             torch.manual_seed(args.seed)  # the same MC-Dropout masks on every run
             records, images = load_split(cfg, split, dataset=dataset, root=dataset_root)
             if target and perturbation:
                 images = perturb_images(images, *perturbation, seed=args.seed)
             if target and args.adapt_bn:
-                adapt = evaluate = np.arange(len(records))
-                if args.adapt_split:
-                    adapt, evaluate = adaptation_split(len(records), args.adapt_split, args.seed)
-                # Shuffled: BN's variance is averaged over batches (splits may be age-sorted).
-                loader = DataLoader(AgeDataset([records[i] for i in adapt], images[adapt]),
-                                    batch_size=cfg.TEST.BATCH_SIZE, shuffle=True,
-                                    generator=torch.Generator().manual_seed(args.seed))
-                for model in models:
-                    adapt_batchnorm(model, loader, device=device)
-                records, images = [records[i] for i in evaluate], images[evaluate]
-            return predict_records(models, cfg, records, images, views, args.mc_dropout, device)
+                records, images = adapt_to_target(models, cfg, records, images,
+                                                  args.adapt_split, args.seed, device)
+            frame = predict_records(models, cfg, records, images, views, args.mc_dropout, device)
+            if not (target and models[0].attributes is not None):
+                return frame, {}
+            columns, accuracy = predict_attributes(models[0], cfg, records, images, device)
+            return pd.concat([frame, columns], axis=1), accuracy
 
         # The valid split first: it calibrates the models as trained, before any adaptation.
-        calibration = predict("valid") if args.sigma_scale_from else None
-        frame = predict(args.split, kind, root, target=True)
+        calibration = predict("valid")[0] if args.sigma_scale_from else None
+        frame, attribute_accuracy = predict(args.split, kind, root, target=True)
     except (ConfigError, CheckpointError, DatasetError, BadImageError, FileNotFoundError,
             ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -147,6 +149,8 @@ def main(argv=None) -> int:
         frame["std_scaled"] = frame["std"] * scale
     frame.to_csv(out, index=False)
     summary = summarize(frame)
+    if attribute_accuracy:
+        summary["attribute_accuracy"] = attribute_accuracy
     # Training images per integer age (checkpoints from before this key: no shot breakdown).
     counts = load_checkpoint(args.resume).get("train_age_counts")
     if counts:

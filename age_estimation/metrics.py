@@ -395,10 +395,12 @@ def reliability_diagram(
 
 # --------------------------------------------------------------------------- summaries
 def _attribute_columns(df: pd.DataFrame, max_levels: int = 20) -> list[str]:
-    """Non-numeric columns outside KNOWN_COLUMNS with 1..max_levels distinct values."""
+    """Non-numeric columns outside KNOWN_COLUMNS and pred_* with 1..max_levels distinct
+    values."""
     cols = []
     for c in df.columns:
-        if c in KNOWN_COLUMNS or pd.api.types.is_numeric_dtype(df[c]):
+        # pred_<attribute>: an attribute head's output, not a subgroup of the data.
+        if c in KNOWN_COLUMNS or c.startswith("pred_") or pd.api.types.is_numeric_dtype(df[c]):
             continue
         if 1 <= df[c].nunique(dropna=True) <= max_levels:
             cols.append(c)
@@ -483,6 +485,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += ["", "By shot (training images of the age):", *_table(summary["by_shot"], "shot")]
     for col, rows in summary.get("by_attribute", {}).items():
         lines += ["", f"By {col}:", *_table(rows, col)]
+    if summary.get("attribute_accuracy"):
+        lines.append("")
+        lines += [f"Attribute accuracy {name} {_fmt(result['accuracy'])} (n={result['n']})"
+                  for name, result in summary["attribute_accuracy"].items()]
     unc = summary.get("uncertainty") or {}
     if unc.get("n_uncertainty", 0):
         lines += ["", f"Uncertainty (n={unc['n_uncertainty']}):"]

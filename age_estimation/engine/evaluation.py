@@ -1,4 +1,5 @@
-"""Per-image prediction tables: records + model outputs -> a DataFrame (one row per image)."""
+"""Per-image prediction tables: records + model outputs -> a DataFrame (one row per image),
+the attribute heads' predictions, and AdaBN adaptation to the evaluated images."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
-from age_estimation.data.build import eval_loader
+from age_estimation.data.build import AgeDataset, eval_loader
 from age_estimation.data.records import Record
-from age_estimation.engine.inference import predict_loader
+from age_estimation.engine.adabn import adapt_batchnorm, adaptation_split
+from age_estimation.engine.inference import predict_attribute_logits, predict_loader
+from age_estimation.models.attributes import attribute_accuracy, encode_attributes
 from age_estimation.models.model import AgeModel
 
 
@@ -35,3 +40,40 @@ def predict_records(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[
     loader = eval_loader(cfg, list(records), images)
     outputs = predict_loader(models, loader, views, mc_samples, amp=cfg.TRAIN.AMP, device=device)
     return predictions_frame(records, outputs)
+
+
+def adapt_to_target(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[Record],
+                    images: np.ndarray, fraction: float = 0.0, seed: int = 0,
+                    device: str = "cpu") -> tuple[list[Record], np.ndarray]:
+    """AdaBN: re-estimate every model's BatchNorm statistics on the target images (no labels)
+    and return the (records, images) to evaluate. `fraction` in (0, 1) adapts on a seeded
+    share and returns the rest; 0 adapts on, and returns, all of them."""
+    adapt = evaluate = np.arange(len(records))
+    if fraction:
+        adapt, evaluate = adaptation_split(len(records), fraction, seed)
+    # Shuffled: BN's variance is averaged over batches (splits may be age-sorted).
+    loader = DataLoader(AgeDataset([records[i] for i in adapt], images[adapt]),
+                        batch_size=cfg.TEST.BATCH_SIZE, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    for model in models:
+        adapt_batchnorm(model, loader, device=device)
+    return [records[i] for i in evaluate], images[evaluate]
+
+
+def predict_attributes(model: AgeModel, cfg: CfgNode, records: Sequence[Record],
+                       images: np.ndarray, device: str = "cpu"
+                       ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """The attribute heads' predictions, as `pred_<name>` columns in record order, and their
+    top-1 accuracy {name: {"accuracy", "n"}} over the images whose label is a training class."""
+    index, logits = predict_attribute_logits(model, eval_loader(cfg, list(records), images),
+                                             amp=cfg.TRAIN.AMP, device=device)
+    order = np.argsort(index)
+    logits = {name: values[order] for name, values in logits.items()}
+    vocab = model.attributes.vocab
+    labels = encode_attributes(records, vocab)
+    accuracy = attribute_accuracy(logits, labels, list(vocab))
+    summary = {name: {"accuracy": accuracy[name], "n": int((labels[:, t] >= 0).sum())}
+               for t, name in enumerate(vocab)}
+    columns = pd.DataFrame({f"pred_{name}": values
+                            for name, values in model.attributes.predict(logits).items()})
+    return columns, summary

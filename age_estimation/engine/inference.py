@@ -153,3 +153,25 @@ def predict_loader(models: Sequence[AgeModel], batches: Iterable[dict[str, Tenso
         columns["std_aleatoric"].append(prediction.std_aleatoric.float().cpu().numpy())
         columns["std_epistemic"].append(prediction.std_epistemic.float().cpu().numpy())
     return {k: np.concatenate(v) if v else np.empty(0) for k, v in columns.items()}
+
+
+@torch.no_grad()
+def predict_attribute_logits(model: AgeModel, batches: Iterable[dict[str, Tensor]],
+                             amp: bool = False, device: str = "cpu"
+                             ) -> tuple[np.ndarray, dict[str, Tensor]]:
+    """(index, {attribute: logits [N, classes]}) of a model with attribute heads over every
+    batch (identity view, eval mode), in loader order."""
+    if model.attributes is None:
+        raise ValueError("the model has no attribute heads (MODEL.ATTRIBUTES is empty)")
+    model.eval()
+    index, logits = [], {name: [] for name in model.attributes.names}
+    for batch in batches:
+        images = batch["image"].to(device)
+        if device == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            features = model.features(images)
+        for name, values in model.attributes(features).items():
+            logits[name].append(values.float().cpu())
+        index.append(batch["index"].numpy())
+    return np.concatenate(index), {name: torch.cat(v) for name, v in logits.items()}
