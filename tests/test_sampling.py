@@ -34,5 +34,5 @@ def test_full_fraction_and_bad_values():
     records = toy_records()
     assert stratified_fraction(records, 1.0, seed=0) == records
     for bad in (0.0, -0.5, 1.5):
-        with pytest.raises(ValueError, match="DATA.FRACTION"):
+        with pytest.raises(ValueError, match=r"DATA\.FRACTION"):
             stratified_fraction(records, bad, seed=0)
