@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -47,6 +48,15 @@ def validate(cfg: CfgNode) -> None:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}: expected one of {', '.join(allowed)}")
     if not 0.0 < cfg.DATA.FRACTION <= 1.0:
         raise ConfigError(f"DATA.FRACTION = {cfg.DATA.FRACTION}: expected a value in (0, 1]")
+    synthetic = cfg.DATA.SYNTHETIC
+    if not 0.0 <= synthetic.RATIO <= 1.0:
+        raise ConfigError(f"DATA.SYNTHETIC.RATIO = {synthetic.RATIO}: expected a value in [0, 1]")
+    if synthetic.RATIO > 0 and not synthetic.ROOT:
+        raise ConfigError(f"DATA.SYNTHETIC.RATIO = {synthetic.RATIO} needs DATA.SYNTHETIC.ROOT "
+                          f"(a scripts/synthesize.py output folder or its labels.csv)")
+    if synthetic.RATIO > 0 and cfg.SAMPLER.BALANCED:
+        # The balanced sampler draws whole batches by real-age weights: no fixed synthetic share.
+        raise ConfigError("SAMPLER.BALANCED cannot be combined with DATA.SYNTHETIC.RATIO > 0")
     if not 0.0 <= cfg.MODEL.DROPOUT < 1.0:
         raise ConfigError(f"MODEL.DROPOUT = {cfg.MODEL.DROPOUT}: expected a value in [0, 1)")
     from age_estimation.data.perturbations import parse_perturb_range
@@ -79,11 +89,10 @@ def _merge_file(cfg: CfgNode, path: Path, depth: int = 0) -> None:
     cfg.merge_from_other_cfg(loaded)
 
 
-def load_config(cfg_file: str | None = None, opts: list[str] | None = None,
-                base: CfgNode | None = None) -> CfgNode:
-    """Defaults (or `base`, e.g. a resumed run's config), then the YAML file, then `KEY VALUE`
-    overrides; validated and frozen."""
-    cfg = base.clone() if base is not None else get_cfg_defaults()
+def merge_config(cfg: CfgNode, cfg_file: str | None, opts: list[str] | None,
+                 validator: Callable[[CfgNode], None]) -> CfgNode:
+    """Merge a YAML file then `KEY VALUE` overrides into `cfg` (a defaults tree of any kind),
+    validate and freeze it; every error becomes a ConfigError naming the key."""
     cfg.defrost()
     try:
         if cfg_file:
@@ -92,14 +101,24 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None,
             if len(opts) % 2:
                 raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd list: {opts}")
             cfg.merge_from_list(list(opts))
+    except ConfigError:
+        raise
     except (KeyError, ValueError, AssertionError) as err:
         # yacs names the key in its message ("Non-existent config key: X", "Type mismatch ...").
         where = f" (in {cfg_file})" if cfg_file else ""
         message = err.args[0] if err.args else str(err)
         raise ConfigError(f"{message}{where}") from err
-    validate(cfg)
+    validator(cfg)
     cfg.freeze()
     return cfg
+
+
+def load_config(cfg_file: str | None = None, opts: list[str] | None = None,
+                base: CfgNode | None = None) -> CfgNode:
+    """Defaults (or `base`, e.g. a resumed run's config), then the YAML file, then `KEY VALUE`
+    overrides; validated and frozen."""
+    cfg = base.clone() if base is not None else get_cfg_defaults()
+    return merge_config(cfg, cfg_file, opts, validate)
 
 
 def config_from_string(text: str) -> CfgNode:

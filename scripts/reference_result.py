@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,23 +22,10 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from age_estimation.analysis.runner import hardware  # noqa: E402
 from age_estimation.data.datasets import default_data_dir  # noqa: E402
 
 BEGIN, END = "<!-- reference:begin (scripts/reference_result.py) -->", "<!-- reference:end -->"
-
-
-def hardware() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only"
 
 
 def run_test(checkpoint: Path, out: Path, *extra: str) -> dict:
@@ -68,6 +53,7 @@ def main() -> None:
         shutil.copy(args.run_dir / name, out / name)
     metrics = pd.read_csv(args.run_dir / "metrics.csv")
     best_epoch = int(metrics.loc[metrics["valid_mae"].idxmin(), "epoch"])
+    machine = hardware()
     info = {
         "command": args.command,
         "epochs": int(metrics["epoch"].max()),
@@ -75,7 +61,8 @@ def main() -> None:
         "best_valid_mae": float(metrics["valid_mae"].min()),
         "train_wall_minutes": float(metrics["epoch_seconds"].sum() / 60),
         "train_images_per_s": float(metrics["images_per_s"].median()),
-        "hardware": hardware(),
+        "hardware": f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+                    f"{machine['gpu'] or 'CPU only'}",
         "test": {k: test[k] for k in ("n", "mae", "mae_ci", "cs5")},
         "fgnet": {k: fgnet[k] for k in ("n", "mae", "mae_ci", "cs5")} if fgnet else None,
     }

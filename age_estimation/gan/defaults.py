@@ -6,11 +6,9 @@ these defaults the same way the main config does (`_BASE_` inheritance, unknown 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from yacs.config import CfgNode as CN
 
-from age_estimation.config import ConfigError, _merge_file
+from age_estimation.config import ConfigError, merge_config
 
 _C = CN()
 
@@ -128,22 +126,7 @@ def load_gan_config(cfg_file: str | None = None, opts: list[str] | None = None,
     """Defaults (or `base`, e.g. a resumed run's config), the YAML file, then `KEY VALUE`
     overrides; validated and frozen."""
     cfg = base.clone() if base is not None else get_gan_defaults()
-    cfg.defrost()
-    try:
-        if cfg_file:
-            _merge_file(cfg, Path(cfg_file))
-        if opts:
-            if len(opts) % 2:
-                raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd list: {opts}")
-            cfg.merge_from_list(list(opts))
-    except ConfigError:
-        raise
-    except (KeyError, ValueError, AssertionError) as err:  # yacs names the key in its message
-        where = f" (in {cfg_file})" if cfg_file else ""
-        raise ConfigError(f"{err.args[0] if err.args else err}{where}") from err
-    validate_gan(cfg)
-    cfg.freeze()
-    return cfg
+    return merge_config(cfg, cfg_file, opts, validate_gan)
 
 
 def gan_config_from_string(text: str) -> CN:
