@@ -30,6 +30,16 @@ _C.DATA.ON_BAD_IMAGE = "skip"
 # DataLoader worker processes (0 = load in the main process).
 _C.DATA.NUM_WORKERS = 2
 
+# Synthetic faces mixed into training batches (scripts/synthesize.py output); never validated on.
+_C.DATA.SYNTHETIC = CN()
+# A synthesize.py output folder or its labels.csv (a csv dataset, all rows used). Empty = none.
+_C.DATA.SYNTHETIC.ROOT = ""
+# Synthetic share of each training batch, in [0, 1] (1.0 = synthetic only); the epoch keeps the
+# real train split's number of steps.
+_C.DATA.SYNTHETIC.RATIO = 0.0
+# Sample synthetic training targets from N(age, teacher std) (the age_std column).
+_C.DATA.SYNTHETIC.LABEL_JITTER = False
+
 # ---------------------------------------------------------------------------------------------
 _C.AUG = CN()
 # Training augmentation: none | basic (flip, small shift/scale/rotate, colour) | strong (+ more).

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from yacs.config import CfgNode
 
 from age_estimation.data.cache import build_cache
 from age_estimation.data.datasets import default_data_dir, read_dataset
 from age_estimation.data.imbalance import BalancedSampler
+from age_estimation.data.mixing import MixedBatchSampler
 from age_estimation.data.records import Record
 from age_estimation.data.sampling import stratified_fraction
 
@@ -24,14 +25,19 @@ logger = logging.getLogger(__name__)
 class AgeDataset(Dataset):
     """Cached uint8 faces + labels. Randomness (augmentation, label jitter) is drawn from a
     generator seeded by (seed, epoch, index), so a batch is the same whichever worker makes it
-    and a resumed run sees exactly the data an uninterrupted one would."""
+    and a resumed run sees exactly the data an uninterrupted one would.
+
+    `index_offset` shifts the index used for that seed and returned as "index": the synthetic
+    set, placed after the real one, gets its own augmentations and its own rows of the trainer's
+    per-image tables (loss weights, attribute labels) instead of real image i's."""
 
     def __init__(self, records: list[Record], images: np.ndarray, transform=None,
-                 label_jitter: bool = False, seed: int = 0) -> None:
+                 label_jitter: bool = False, seed: int = 0, index_offset: int = 0) -> None:
         if len(records) != len(images):
             raise ValueError(f"{len(records)} records but {len(images)} cached images")
         self.records, self.images = records, images
         self.transform, self.label_jitter, self.seed = transform, label_jitter, seed
+        self.index_offset = index_offset
         self.epoch = 0
         self.ages = np.array([r.age for r in records], dtype=np.float32)
         self.age_stds = np.array([r.age_std for r in records], dtype=np.float32)
@@ -46,7 +52,7 @@ class AgeDataset(Dataset):
         image = np.asarray(self.images[index])
         age = float(self.ages[index])
         if self.transform is not None or self.label_jitter:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, self.epoch, self.index_offset + index])
             if self.transform is not None:
                 self.transform.set_random_seed(int(rng.integers(2**31)))
                 image = self.transform(image=image)["image"]
@@ -57,7 +63,7 @@ class AgeDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "age": torch.tensor(age, dtype=torch.float32),
             "age_std": torch.tensor(self.age_stds[index]),
-            "index": torch.tensor(index),
+            "index": torch.tensor(self.index_offset + index),
         }
 
 
@@ -84,6 +90,14 @@ def load_split(cfg: CfgNode, split: str, dataset: str = "", root: str = "") -> t
     images, records = build_cache(records, cfg.MODEL.IMG_SIZE, name, cfg.DATA.CACHE_DIR,
                                   cfg.DATA.ON_BAD_IMAGE, workers=max(1, cfg.DATA.NUM_WORKERS))
     return records, images
+
+
+def load_synthetic(cfg: CfgNode) -> tuple[list[Record], np.ndarray]:
+    """Records and cached images of DATA.SYNTHETIC.ROOT (a synthesize.py folder or its CSV)."""
+    root = Path(cfg.DATA.SYNTHETIC.ROOT)
+    if root.is_dir():
+        root = root / "labels.csv"
+    return load_split(cfg, "all", "csv", str(root))
 
 
 def steps_per_epoch(cfg: CfgNode, n: int) -> int:
@@ -127,18 +141,32 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 def train_loader(cfg: CfgNode, dataset: AgeDataset, epoch: int, start_step: int = 0,
-                 rank: int = 0, world_size: int = 1,
-                 weights: np.ndarray | None = None) -> DataLoader:
+                 rank: int = 0, world_size: int = 1, weights: np.ndarray | None = None,
+                 synthetic: AgeDataset | None = None) -> DataLoader:
     """This rank's batches of `epoch` from step `start_step`: the order depends on nothing but
-    (TRAIN.SEED, epoch), so a run resumed mid-epoch sees exactly the batches it would have."""
+    (TRAIN.SEED, epoch), so a run resumed mid-epoch sees exactly the batches it would have.
+
+    With DATA.SYNTHETIC.RATIO > 0, batches mix `dataset` (real) and `synthetic` at that ratio,
+    over as many steps as a real-only epoch."""
     dataset.set_epoch(epoch)
-    sampler = EpochBatchSampler(len(dataset), cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.SEED, epoch,
-                                steps_per_epoch(cfg, len(dataset)), start_step, rank, world_size,
-                                weights)
+    steps = steps_per_epoch(cfg, len(dataset))
+    sampler: Sampler[list[int]]
+    data: Dataset = dataset
+    if cfg.DATA.SYNTHETIC.RATIO > 0:
+        if synthetic is None:
+            raise ValueError("DATA.SYNTHETIC.RATIO > 0 but no synthetic dataset was given")
+        synthetic.set_epoch(epoch)
+        sampler = MixedBatchSampler(len(dataset), len(synthetic), cfg.TRAIN.BATCH_SIZE,
+                                    cfg.DATA.SYNTHETIC.RATIO, cfg.TRAIN.SEED, epoch, start_step,
+                                    steps, rank, world_size)
+        data = ConcatDataset([dataset, synthetic])
+    else:
+        sampler = EpochBatchSampler(len(dataset), cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.SEED, epoch,
+                                    steps, start_step, rank, world_size, weights)
     # An explicit generator for the workers' base seed: otherwise the DataLoader draws it from
     # torch's global RNG, which dropout uses, and a resumed run's dropout masks would shift.
     generator = torch.Generator().manual_seed(cfg.TRAIN.SEED * 100_003 + epoch)
-    return DataLoader(dataset, batch_sampler=sampler, generator=generator,
+    return DataLoader(data, batch_sampler=sampler, generator=generator,
                       num_workers=cfg.DATA.NUM_WORKERS, persistent_workers=False)
 
 

@@ -22,7 +22,13 @@ from tqdm import tqdm
 from yacs.config import CfgNode
 
 from age_estimation.config import ConfigError
-from age_estimation.data.build import AgeDataset, load_split, steps_per_epoch, train_loader
+from age_estimation.data.build import (
+    AgeDataset,
+    load_split,
+    load_synthetic,
+    steps_per_epoch,
+    train_loader,
+)
 from age_estimation.data.imbalance import FeatureSmoothing, age_histogram, sample_weights
 from age_estimation.data.transforms import build_train_transform
 from age_estimation.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -117,22 +123,32 @@ class Trainer:
             dist.barrier()
         self.train_records, train_images = load_split(cfg, "train")
         self.valid_records, self.valid_images = load_split(cfg, "valid")
+        synthetic_records, synthetic_images = (load_synthetic(cfg) if cfg.DATA.SYNTHETIC.RATIO > 0
+                                               else ([], None))
         if self.world_size > 1 and builder:
             dist.barrier()
         transform = build_train_transform(cfg.AUG.POLICY, cfg.AUG.PERTURB, cfg.AUG.PERTURB_P,
                                           donors=train_images)
         self.train_set = AgeDataset(self.train_records, train_images, transform,
                                     label_jitter=cfg.AUG.LABEL_JITTER, seed=cfg.TRAIN.SEED)
+        # Synthetic faces come after the real ones: indices len(train_set).. in every per-image
+        # table below. They are trained on only; validation stays on the real valid split.
+        self.synthetic_set = None if synthetic_images is None else AgeDataset(
+            synthetic_records, synthetic_images, transform,
+            label_jitter=cfg.DATA.SYNTHETIC.LABEL_JITTER, seed=cfg.TRAIN.SEED,
+            index_offset=len(self.train_set))
         self.steps_per_epoch = steps_per_epoch(cfg, len(self.train_set))
-        ages = self.train_set.ages
+        ages = (self.train_set.ages if self.synthetic_set is None
+                else np.concatenate([self.train_set.ages, self.synthetic_set.ages]))
         self.loss_weights = None
         if cfg.LOSS.REWEIGHT != "none":
             self.loss_weights = torch.from_numpy(sample_weights(
                 ages, cfg.LOSS.REWEIGHT, cfg.LOSS.LDS_KERNEL, cfg.LOSS.LDS_KS,
                 cfg.LOSS.LDS_SIGMA)).to(self.device)
         self.sampling_weights = sample_weights(ages, "inverse") if cfg.SAMPLER.BALANCED else None
+        # Classes come from real records only, so a generator's odd label adds no class.
         self.attribute_vocab = attribute_vocab(self.train_records, cfg.MODEL.ATTRIBUTES)
-        self.attribute_labels = encode_attributes(self.train_records,
+        self.attribute_labels = encode_attributes(self.train_records + synthetic_records,
                                                   self.attribute_vocab).to(self.device)
         self.model = AgeModel(cfg, self.attribute_vocab).to(self.device)
         if cfg.TRAIN.CHANNELS_LAST:
@@ -160,6 +176,9 @@ class Trainer:
         logger.info("train %d images, valid %d, %d steps/epoch, %s on %s x %d",
                     len(self.train_records), len(self.valid_records), self.steps_per_epoch,
                     cfg.MODEL.BACKBONE, self.device.type, self.world_size)
+        if self.synthetic_set is not None:
+            logger.info("synthetic %d images from %s, %g of each batch", len(synthetic_records),
+                        cfg.DATA.SYNTHETIC.ROOT, cfg.DATA.SYNTHETIC.RATIO)
 
     @staticmethod
     def _new_stats() -> dict:
@@ -231,7 +250,7 @@ class Trainer:
         cfg, stats = self.cfg, self.epoch_stats
         self.net.train()
         loader = train_loader(cfg, self.train_set, epoch, start_step, self.rank, self.world_size,
-                              self.sampling_weights)
+                              self.sampling_weights, self.synthetic_set)
         fds_ages = self.model.fds is not None
         with_attributes = self.model.attributes is not None
         seen_before, start = stats["seen"], time.perf_counter()
