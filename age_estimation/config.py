@@ -121,12 +121,14 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None,
     return merge_config(cfg, cfg_file, opts, validate)
 
 
-def config_from_string(text: str) -> CfgNode:
-    """Rebuild a config saved as YAML text (e.g. inside a checkpoint); safe_load, no object tags.
+def config_from_string(text: str, defaults: CfgNode | None = None) -> CfgNode:
+    """Rebuild a config saved as YAML text (e.g. inside a checkpoint) over `defaults` (the main
+    tree unless given, e.g. the GAN's); safe_load, no object tags.
 
-    Keys added to defaults.py after the checkpoint was written keep their default values.
+    Keys added to the defaults after the checkpoint was written keep their default values.
     """
-    cfg = get_cfg_defaults()
+    cfg = defaults.clone() if defaults is not None else get_cfg_defaults()
+    cfg.defrost()
     try:
         saved = CfgNode.load_cfg(text)  # yacs parses with yaml.safe_load
         cfg.merge_from_other_cfg(saved)

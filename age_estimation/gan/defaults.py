@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from age_estimation.config import ConfigError, merge_config
+from age_estimation.config import ConfigError, config_from_string, merge_config
 
 _C = CN()
 
@@ -131,7 +131,4 @@ def load_gan_config(cfg_file: str | None = None, opts: list[str] | None = None,
 
 def gan_config_from_string(text: str) -> CN:
     """The config saved inside a GAN checkpoint (yaml.safe_load via yacs; missing keys default)."""
-    cfg = get_gan_defaults()
-    cfg.merge_from_other_cfg(CN.load_cfg(text))
-    cfg.freeze()
-    return cfg
+    return config_from_string(text, get_gan_defaults())
