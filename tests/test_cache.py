@@ -1,6 +1,10 @@
 """Decoded-image cache: pixels equal fresh decodes, keyed by content, bad images handled."""
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -74,3 +78,14 @@ def test_load_image_converts_grey_rgba_and_16bit_to_rgb(tmp_path):
     assert load_image(str(deep)).dtype == np.uint8 and (load_image(str(deep)) == 255).all()
     with pytest.raises(BadImageError, match=r"missing\.jpg"):
         load_image(str(tmp_path / "missing.jpg"))
+
+
+def test_importing_the_data_pipeline_turns_off_albumentations_network_check():
+    # albumentations asks PyPI for its latest version on import unless this variable is set.
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    code = ("import os, age_estimation.data.transforms, albumentations; "
+            "print(os.environ.get('NO_ALBUMENTATIONS_UPDATE'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip() == "1"
+    assert "fetching version" not in out.stderr

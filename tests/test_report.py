@@ -3,7 +3,9 @@ results folder (made by the suite runner with a fake train.py/test.py) with hand
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +138,29 @@ def test_report_has_the_tables_findings_figures_and_error_analysis(results, tmp_
 def test_report_without_runs_says_so(tmp_path):
     text = write_report(tmp_path / "nothing", tmp_path / "REPORT.md").read_text()
     assert "No finished suite runs yet." in text and "##" not in text
+
+
+def test_report_quotes_run_notes_names_utkface_codes_and_flags_lone_variants(results, tmp_path):
+    copy = tmp_path / "runs"
+    shutil.copytree(results, copy)
+    (copy / "README.md").write_text("Trained on a rented GPU from 64 px JPEG copies.\n")
+    for folder in (copy / "fraction").glob("fraction=0.*"):
+        shutil.rmtree(folder)  # only fraction=1.0 is left
+    for path in copy.glob("*/*/predictions_test.csv"):
+        frame = pd.read_csv(path)
+        frame.assign(gender=(frame["gender"] == "female").astype(int),
+                     race=np.arange(len(frame)) % 5).to_csv(path, index=False)
+    metrics = copy / "heads" / "head=better__seed=0" / "metrics.json"
+    summary = json.loads(metrics.read_text())
+    summary["evaluations"]["test"]["attribute_accuracy"] = {"gender": {"accuracy": 0.9, "n": 40}}
+    metrics.write_text(json.dumps(summary))
+
+    text = write_report(copy, tmp_path / "REPORT.md").read_text()
+    header, _, rest = text.partition("## fraction")  # suites come in name order
+    assert "## How these runs were made\n\nTrained on a rented GPU from 64 px JPEG copies." \
+        in header
+    fraction, _, heads = rest.partition("## heads")
+    assert "Only one variant has finished runs: nothing to compare yet." in fraction
+    assert "Only one variant" not in heads
+    assert "- head=better: gender accuracy 0.900 (mean of 1 seeds)." in heads
+    assert "| 1 (female) | 20 |" in text and "| 2 (Asian) |" in text

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from helpers import write_csv_dataset
 
-from age_estimation.analysis.runner import DONE, SuiteRunner
+from age_estimation.analysis.runner import DONE, SuiteRunner, run_parallel
 from age_estimation.analysis.suites import SuiteError, load_suite, select
 from age_estimation.metrics import summarize
 
@@ -185,6 +185,28 @@ def test_runner_trains_evaluates_then_skips_finished_runs(tmp_path):
     assert again.commands == []
     assert lines[0] == "[1/4] policy=none__seed=0 ... finished earlier (valid 1.00  test 1.00  " \
                        "other 1.00)"
+
+
+def test_parallel_runs_train_each_shared_model_once_then_evaluate_every_suite(tmp_path):
+    # Two suites that share the AUG.POLICY=basic models: 3 distinct configs x 2 seeds.
+    first = write_suite(tmp_path, "first", grid={"AUG.POLICY": ["none", "basic"]})
+    second = write_suite(tmp_path, "second", grid={"AUG.POLICY": ["basic", "strong"]})
+    fake, lines = FakeExecutor(constant_predictions), []
+    runners = [runner_for(p, tmp_path, fake, lines) for p in (first, second)]
+    assert run_parallel(runners, jobs=3) == 0
+    trained = [c for c in fake.commands if c[1] == "train.py"]
+    assert len(trained) == 6 and len({_option(c, "OUTPUT_DIR") for c in trained}) == 6
+    assert len([c for c in fake.commands if c[1] == "test.py"]) == 8 * 2  # valid + test
+    for suite in ("first", "second"):
+        assert len(list((tmp_path / "results" / suite).glob("*/metrics.json"))) == 4
+    assert lines[0] == "8 runs to finish: training 6 models, 3 processes at a time"
+    # The basic models (needed by both suites) are among the first three trainings started.
+    assert [_option(c, "AUG.POLICY") for c in trained[:3]].count("basic") == 2
+    assert sum(line.endswith("valid 1.00  test 1.00 done") for line in lines) == 8
+
+    again = FakeExecutor(constant_predictions)
+    assert run_parallel([runner_for(p, tmp_path, again, []) for p in (first, second)], 3) == 0
+    assert again.commands == []
 
 
 def test_an_interrupted_training_resumes_and_a_trained_one_is_only_evaluated(tmp_path):

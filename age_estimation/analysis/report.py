@@ -28,6 +28,12 @@ from age_estimation.metrics import (
 
 N_BOOT = 2000
 ATTRIBUTES = ("gender", "race")
+# UTKFace's attribute codes (its file names), shown next to the code in the error analysis.
+ATTRIBUTE_NAMES = {"gender": {0: "male", 1: "female"},
+                   "race": {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}}
+# Free-text provenance of the runs (which machine, which data copy, which command), written by
+# whoever ran them; the report quotes it under the header.
+RUNS_NOTES = "README.md"
 
 
 @dataclass
@@ -252,9 +258,11 @@ def error_analysis(suites: list[SuiteResults], fig_dir: Path, rel: str) -> list[
         table = mae_by(frame, column)
         per_image = unique[column].value_counts(dropna=False)
         lines += ["", f"| {column} | images | MAE | bias |", "| --- | --- | --- | --- |"]
+        names = ATTRIBUTE_NAMES.get(column, {})
         for r in table.itertuples(index=False):
             value = r[0]
-            lines.append(f"| {value} | {per_image.get(value, 0)} | {r.mae:.2f} | {r.bias:+.2f} |")
+            label = f"{value} ({names[value]})" if value in names else f"{value}"
+            lines.append(f"| {label} | {per_image.get(value, 0)} | {r.mae:.2f} | {r.bias:+.2f} |")
     curve = error_vs_age(frame)
     fig, ax = _figure()
     ax.plot(curve["age"] + 2.5, curve["mae"], marker="o", label="MAE")
@@ -296,6 +304,17 @@ def _protocol(suite: SuiteResults) -> list[str]:
             f"{'; '.join(sorted(hardware))}.", ""]
 
 
+def _attribute_accuracy(suite: SuiteResults, evaluation: str) -> list[str]:
+    """Mean top-1 accuracy of the attribute heads per variant (multi-task runs), if any."""
+    rows: dict[tuple[str, str], list[float]] = {}
+    for run in suite.runs:
+        scores = run["evaluations"].get(evaluation, {}).get("attribute_accuracy", {})
+        for name, score in scores.items():
+            rows.setdefault((run["variant"], name), []).append(score["accuracy"])
+    return [f"- {variant}: {name} accuracy {np.mean(values):.3f} (mean of {len(values)} "
+            f"seeds)." for (variant, name), values in rows.items()] + ([""] if rows else [])
+
+
 def suite_section(suite: SuiteResults, fig_dir: Path, rel: str) -> list[str]:
     """Markdown of one suite: protocol, a table + findings per evaluation, figures."""
     if not suite.runs:
@@ -307,6 +326,9 @@ def suite_section(suite: SuiteResults, fig_dir: Path, rel: str) -> list[str]:
         if table.empty:
             continue
         lines += [f"**{evaluation}**", "", *_markdown(table, suite.info["baseline"]), ""]
+        if len(table) == 1:
+            lines += ["- Only one variant has finished runs: nothing to compare yet.", ""]
+        lines += _attribute_accuracy(suite, evaluation)
         where = "" if evaluation == suite.info["split"] else evaluation
         lines += [f"- {s}" for s in findings(table, suite.info["baseline"], where)] + [""]
         if evaluation == suite.info["split"]:
@@ -327,6 +349,9 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
              "over seeds first; differences are paired on the same images). They do not include "
              "seed-to-seed variation, shown separately as the s.d. of the per-seed MAEs. A "
              "difference is only called one when its CI excludes zero.", ""]
+    notes = Path(results_dir) / RUNS_NOTES
+    if notes.is_file():
+        lines += ["## How these runs were made", "", notes.read_text().strip(), ""]
     if not suites:
         lines.append("No finished suite runs yet.")
     for suite in suites:

@@ -9,14 +9,17 @@ metrics.json is written last, so its presence marks a finished run.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +137,31 @@ class SuiteRunner:
                 *options, "--out", str(out)]
 
     # -- running -----------------------------------------------------------------------------
+    def pending_trainings(self, only: str | None = None) -> list[Training]:
+        """Trainings of the selected unfinished runs that have not finished, in run order."""
+        pending = []
+        for run in select(self.suite.runs(), only):
+            if self.status(run) == "finished":
+                continue
+            pending += [t for t in run.trainings
+                        if not (self.train_dir(t) / DONE).is_file() and t not in pending]
+        return pending
+
+    def train(self, training: Training, log: Path) -> str:
+        """Train (or resume) one model and mark it done; an error message or ''."""
+        out = self.train_dir(training)
+        if (out / DONE).is_file():
+            return ""
+        if not (out / "last.pth").is_file():
+            # A kill before the first checkpoint may leave an epoch row that a fresh start
+            # would repeat (train.py only trims metrics.csv when resuming).
+            (out / "metrics.csv").unlink(missing_ok=True)
+        if self.execute(self.train_command(training), log):
+            return f"train.py failed, see {log}"
+        (out / DONE).write_text(json.dumps({"suite": self.suite.name,
+                                            "overrides": list(training.overrides)}))
+        return ""
+
     def run(self, only: str | None = None, dry_run: bool = False) -> int:
         """Run (or with dry_run, list) the selected runs; returns the number that failed."""
         runs = select(self.suite.runs(), only)
@@ -178,17 +206,9 @@ class SuiteRunner:
         """Train what is missing, evaluate, store the files; an error message or ''."""
         log = self._log_file(run)
         for training in run.trainings:
-            out = self.train_dir(training)
-            if (out / DONE).is_file():
-                continue
-            if not (out / "last.pth").is_file():
-                # A kill before the first checkpoint may leave an epoch row that a fresh start
-                # would repeat (train.py only trims metrics.csv when resuming).
-                (out / "metrics.csv").unlink(missing_ok=True)
-            if self.execute(self.train_command(training), log):
-                return f"train.py failed, see {log}"
-            (out / DONE).write_text(json.dumps({"suite": self.suite.name, "run": run.name,
-                                                "overrides": list(training.overrides)}))
+            error = self.train(training, log)
+            if error:
+                return error
         folder = self.results / run.name
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -221,6 +241,91 @@ class SuiteRunner:
         tmp.write_text(json.dumps(summary, indent=2, default=float))
         tmp.replace(folder / "metrics.json")
         return ""
+
+
+def run_parallel(runners: Sequence[SuiteRunner], jobs: int, only: str | None = None) -> int:
+    """Run several suites with `jobs` processes at a time (a GPU box with many cores). Each
+    distinct model is trained once (suites share models), the ones most runs need first; a run
+    is evaluated as soon as its models exist, ahead of any waiting training, so a session cut
+    short keeps every finished run. Finished runs are skipped as in SuiteRunner.run; returns
+    the number of failures."""
+    runs = [(r, run) for r in runners for run in select(r.suite.runs(), only)
+            if r.status(run) != "finished"]
+    trainings: dict[str, tuple[SuiteRunner, Training]] = {}
+    needed_by: dict[str, int] = {}
+    for runner in runners:
+        runner.results.mkdir(parents=True, exist_ok=True)
+        (runner.results / "suite.json").write_text(json.dumps(runner.suite.describe(), indent=2))
+    for runner, run in runs:
+        for training in run.trainings:
+            if not (runner.train_dir(training) / DONE).is_file():
+                trainings.setdefault(training.key(), (runner, training))
+                needed_by[training.key()] = needed_by.get(training.key(), 0) + 1
+    tasks: queue.PriorityQueue = queue.PriorityQueue()
+    order = itertools.count()  # ties keep submission order
+    lock = threading.Lock()
+    counts = {"done": 0, "failed": 0, "queued": 0}
+    waiting = list(runs)  # runs whose models are not all trained yet
+
+    def log(line: str, error: str = "") -> None:
+        with lock:
+            counts["done"] += 1
+            counts["failed"] += bool(error)
+            outcome = f"FAILED: {error}" if error else "done"
+            runners[0].log(f"[{counts['done']}] {line} {outcome}")
+
+    def submit(priority: int, fn: Callable[[], None]) -> None:
+        counts["queued"] += 1
+        tasks.put((priority, next(order), fn))
+
+    def release_ready() -> None:
+        """Queue the evaluation of every waiting run whose models are all trained."""
+        with lock:
+            ready = [(r, run) for r, run in waiting
+                     if all((r.train_dir(t) / DONE).is_file() for t in run.trainings)]
+            for item in ready:
+                waiting.remove(item)
+                submit(0, lambda item=item: evaluate(*item))
+
+    def train(runner: SuiteRunner, training: Training) -> None:
+        start = time.perf_counter()
+        error = runner.train(training, runner.runs_dir / "logs" / f"{training.key()}.log")
+        log(f"train {training.key()} ({(time.perf_counter() - start) / 60:.1f} min)", error)
+        release_ready()
+
+    def evaluate(runner: SuiteRunner, run: Run) -> None:
+        error = runner._run_one(run)
+        scores = "" if error else f" {runner._scores(run)}"
+        log(f"{runner.suite.name}/{run.name}{scores}", error)
+
+    def worker() -> None:
+        while True:
+            _, _, fn = tasks.get()
+            if fn is None:
+                return
+            fn()
+            with lock:
+                counts["queued"] -= 1
+                if counts["queued"] == 0:  # nothing left to run or to be released
+                    for _ in range(jobs):
+                        tasks.put((2, next(order), None))
+
+    runners[0].log(f"{len(runs)} runs to finish: training {len(trainings)} models, "
+                   f"{jobs} processes at a time")
+    by_need = sorted(trainings, key=lambda key: -needed_by[key])
+    with lock:
+        for key in by_need:
+            submit(1, lambda item=trainings[key]: train(*item))
+    release_ready()
+    with lock:
+        if counts["queued"] == 0:
+            return 0
+    threads = [threading.Thread(target=worker) for _ in range(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return counts["failed"]
 
 
 def _compact_predictions(path: Path) -> None:
