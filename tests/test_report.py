@@ -153,6 +153,7 @@ def test_report_quotes_run_notes_names_utkface_codes_and_flags_lone_variants(res
     metrics = copy / "heads" / "head=better__seed=0" / "metrics.json"
     summary = json.loads(metrics.read_text())
     summary["evaluations"]["test"]["attribute_accuracy"] = {"gender": {"accuracy": 0.9, "n": 40}}
+    summary["hardware"]["gpu"] = "Some GPU"
     metrics.write_text(json.dumps(summary))
 
     text = write_report(copy, tmp_path / "REPORT.md").read_text()
@@ -163,4 +164,6 @@ def test_report_quotes_run_notes_names_utkface_codes_and_flags_lone_variants(res
     assert "Only one variant has finished runs: nothing to compare yet." in fraction
     assert "Only one variant" not in heads
     assert "- head=better: gender accuracy 0.900 (mean of 1 seeds)." in heads
+    assert "*Caution: the variants ran on different machines*" in heads
+    assert "Caution" not in fraction and "Some GPU" in heads
     assert "| 1 (female) | 20 |" in text and "| 2 (Asian) |" in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -209,6 +210,26 @@ def test_parallel_runs_train_each_shared_model_once_then_evaluate_every_suite(tm
     assert again.commands == []
 
 
+def test_parallel_runs_survive_a_crashing_training_without_hanging(tmp_path):
+    path = write_suite(tmp_path, grid={"AUG.POLICY": ["none", "basic"]})
+    fake, lines = FakeExecutor(constant_predictions), []
+
+    def flaky(command: list[str], log: Path) -> int:
+        if command[1] == "train.py" and _option(command, "AUG.POLICY") == "none":
+            raise OSError("disk full")
+        return fake(command, log)
+
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(
+        run_parallel([runner_for(path, tmp_path, flaky, lines)], jobs=2)))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "run_parallel hung after a crash"
+    assert result == [2]  # the two AUG.POLICY=none trainings
+    assert sum("FAILED: OSError: disk full" in line for line in lines) == 2
+    assert len(list((tmp_path / "results" / "demo").glob("policy=basic*/metrics.json"))) == 2
+
+
 def test_an_interrupted_training_resumes_and_a_trained_one_is_only_evaluated(tmp_path):
     path = write_suite(tmp_path, seeds=[0, 1, 2])
     fake, lines = FakeExecutor(constant_predictions), []
@@ -285,3 +306,14 @@ def test_run_suite_script_runs_a_tiny_real_suite_and_skips_it_the_second_time(
 
     assert main(argv) == 0
     assert "[1/1] base__seed=0 ... finished earlier (valid " in capsys.readouterr().out
+
+
+def test_model_cost_of_a_multitask_config_counts_the_backbone(tmp_path):
+    from age_estimation.analysis.runner import model_cost
+
+    path = write_suite(tmp_path, protocol={"MODEL.IMG_SIZE": 32},
+                       variants={"age": {}, "multi": {"set": {"MODEL.ATTRIBUTES": "['gender']"}}})
+    single, multi = (run.trainings[0] for run in load_suite(path).runs() if run.seed == 0)
+    cost = model_cost(multi)
+    assert cost == model_cost(single)  # attribute heads are left out, the rest is the same
+    assert 11.0 < cost["params_m"] < 11.5 and 0.0 < cost["gflops"] < 0.1  # resnet18, 32 px

@@ -285,10 +285,15 @@ def error_analysis(suites: list[SuiteResults], fig_dir: Path, rel: str) -> list[
 # --------------------------------------------------------------------------- the report
 def _protocol(suite: SuiteResults) -> list[str]:
     info, runs = suite.info, suite.runs
-    hardware = {f"{r['hardware']['cpu']}, {r['hardware']['cores']} cores, torch "
-                f"{r['hardware']['torch']}" + (f", {r['hardware']['gpu']}"
-                                               if r["hardware"].get("gpu") else "")
-                for r in runs}
+    def machine(run: dict[str, Any]) -> str:
+        h = run["hardware"]
+        return (f"{h['cpu']}, {h['cores']} cores, torch {h['torch']}"
+                + (f", {h['gpu']}" if h.get("gpu") else ""))
+
+    hardware = {machine(r) for r in runs}
+    by_variant: dict[str, set[str]] = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], set()).add(machine(r))
     # Each model once: runs that share a checkpoint (same config, ensembles) reuse its training.
     train_h = sum({r["checkpoint"]: r["wall_time"]["train_s"] for r in runs}.values()) / 3600
     eval_h = sum(r["wall_time"]["eval_s"] for r in runs) / 3600
@@ -301,7 +306,17 @@ def _protocol(suite: SuiteResults) -> list[str]:
             f"*Done.* {len(runs)} of {len(info['runs'])} runs; training {train_h:.2f} h (epoch "
             f"times summed over the suite's distinct models, including any trained for another "
             f"suite), evaluation {eval_h:.2f} h; hardware: "
-            f"{'; '.join(sorted(hardware))}.", ""]
+            f"{'; '.join(sorted(hardware))}.", "", *_mixed_hardware(by_variant)]
+
+
+def _mixed_hardware(by_variant: dict[str, set[str]]) -> list[str]:
+    """A caution when the compared variants ran on different machines (GPU and CPU arithmetic
+    differ, so a small difference may be partly the machine's)."""
+    if len({frozenset(m) for m in by_variant.values()}) <= 1:
+        return []
+    parts = [f"{v} on {' + '.join(sorted(m))}" for v, m in by_variant.items()]
+    return [f"*Caution: the variants ran on different machines* ({'; '.join(parts)}): read "
+            "small differences with care.", ""]
 
 
 def _attribute_accuracy(suite: SuiteResults, evaluation: str) -> list[str]:

@@ -75,6 +75,10 @@ def model_cost(training: Training) -> dict[str, float]:
     from age_estimation.models.model import AgeModel
 
     cfg = training.config()
+    # Attribute heads (multi-task runs) need the data's class lists, which are not known here;
+    # they are one linear layer each, far below the resolution of these figures.
+    cfg.defrost()
+    cfg.MODEL.ATTRIBUTES = []
     model = AgeModel(cfg).eval()
     x = torch.zeros(1, 3, cfg.MODEL.IMG_SIZE, cfg.MODEL.IMG_SIZE)
     flops = FlopCountAnalysis(model, x)
@@ -303,7 +307,10 @@ def run_parallel(runners: Sequence[SuiteRunner], jobs: int, only: str | None = N
             _, _, fn = tasks.get()
             if fn is None:
                 return
-            fn()
+            try:
+                fn()
+            except Exception as err:  # one broken run must not stop (or hang) the others
+                log("task", f"{type(err).__name__}: {err}")
             with lock:
                 counts["queued"] -= 1
                 if counts["queued"] == 0:  # nothing left to run or to be released
