@@ -89,3 +89,26 @@ def test_importing_the_data_pipeline_turns_off_albumentations_network_check():
                          cwd=Path(__file__).resolve().parents[1], check=True)
     assert out.stdout.strip() == "1"
     assert "fetching version" not in out.stderr
+
+
+def test_workers_forked_after_building_a_cache_do_not_deadlock(tmp_path):
+    # Building a cache runs OpenCV in this process; DataLoader workers forked afterwards must
+    # still load batches (OpenCV's thread pool state does not survive a fork).
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from pathlib import Path
+from helpers import write_csv_dataset
+from defaults import get_cfg_defaults
+from age_estimation.data.build import eval_loader, load_split
+csv = write_csv_dataset(Path({str(tmp_path)!r}), {{"test": 40}}, size=1200)  # big: OpenCV threads
+cfg = get_cfg_defaults()
+cfg.DATA.DATASET, cfg.DATA.ROOT, cfg.DATA.CACHE_DIR = "csv", str(csv), {str(tmp_path / "cache")!r}
+cfg.MODEL.IMG_SIZE, cfg.DATA.NUM_WORKERS, cfg.TEST.BATCH_SIZE = 48, 2, 8
+records, images = load_split(cfg, "test")
+print(sum(len(batch["image"]) for batch in eval_loader(cfg, records, images)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=90)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "40"

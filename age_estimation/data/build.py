@@ -22,6 +22,13 @@ from age_estimation.data.sampling import stratified_fraction
 
 logger = logging.getLogger(__name__)
 
+# No OpenCV thread pool, in this process or in the DataLoader workers forked from it (torch
+# already gives each worker one intra-op thread). Parallelism comes from the workers and the
+# cache's thread pool. OpenCV would otherwise start a thread per core inside every worker (8
+# concurrent runs on a 16-core GPU machine thrashed at a load average near 200), and changing
+# the pool's size inside a forked worker after the parent used it deadlocks.
+cv2.setNumThreads(0)
+
 
 class AgeDataset(Dataset):
     """Cached uint8 faces + labels. Randomness (augmentation, label jitter) is drawn from a
@@ -141,14 +148,6 @@ class EpochBatchSampler(Sampler[list[int]]):
             yield batch[first:end].tolist()
 
 
-def quiet_worker(_worker_id: int) -> None:
-    """DataLoader worker init: one OpenCV and one torch thread per worker. Each would otherwise
-    start a thread per core in every worker; with N workers (times several runs on one box) the
-    threads thrash (measured: load average ~200 on 16 cores with 8 runs of 2 workers)."""
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def train_loader(cfg: CfgNode, dataset: AgeDataset, epoch: int, start_step: int = 0,
                  rank: int = 0, world_size: int = 1, weights: np.ndarray | None = None,
                  synthetic: AgeDataset | None = None) -> DataLoader:
@@ -177,11 +176,11 @@ def train_loader(cfg: CfgNode, dataset: AgeDataset, epoch: int, start_step: int 
     generator = torch.Generator().manual_seed(cfg.TRAIN.SEED * 100_003 + epoch)
     return DataLoader(data, batch_sampler=sampler, generator=generator,
                       num_workers=cfg.DATA.NUM_WORKERS, persistent_workers=False,
-                      worker_init_fn=quiet_worker, pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available())
 
 
 def eval_loader(cfg: CfgNode, records: list[Record], images: np.ndarray) -> DataLoader:
     # A fixed generator keeps validation from drawing on torch's global RNG (see train_loader).
     return DataLoader(AgeDataset(records, images), batch_size=cfg.TEST.BATCH_SIZE,
-                      shuffle=False, num_workers=cfg.DATA.NUM_WORKERS, worker_init_fn=quiet_worker,
+                      shuffle=False, num_workers=cfg.DATA.NUM_WORKERS,
                       generator=torch.Generator().manual_seed(0))
