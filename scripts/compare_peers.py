@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from age_estimation.analysis.runner import hardware  # noqa: E402
 from age_estimation.cli import setup_logging  # noqa: E402
-from age_estimation.data.cache import load_image  # noqa: E402
+from age_estimation.data.cache import load_image, resize_square  # noqa: E402
 from age_estimation.data.datasets import default_data_dir, read_dataset  # noqa: E402
 from age_estimation.metrics import bootstrap_ci, bootstrap_diff_ci, cs_at  # noqa: E402
 from age_estimation.pipeline import AgeEstimator, load_age_model  # noqa: E402
@@ -52,12 +51,9 @@ def toolkit_tool(model_path: str) -> tuple[Tool, Callable[[list[np.ndarray]], np
     size = model.image_size
     estimator = AgeEstimator(model)
 
-    def resize(face: np.ndarray) -> np.ndarray:
-        interpolation = cv2.INTER_AREA if min(face.shape[:2]) > size else cv2.INTER_LINEAR
-        return cv2.resize(face, (size, size), interpolation=interpolation)
-
     def crops_age(faces: list[np.ndarray]) -> np.ndarray:
-        return np.asarray(model.predict(np.stack([resize(f) for f in faces])).mean, dtype=float)
+        crops = np.stack([resize_square(f, size) for f in faces])
+        return np.asarray(model.predict(crops).mean, dtype=float)
 
     def photo_age(photo: np.ndarray) -> float:
         faces = estimator.estimate(photo)

@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from age_estimation.data.cache import load_image  # noqa: E402
+from age_estimation.data.cache import load_image, resize_square  # noqa: E402
 from age_estimation.data.datasets import read_pts  # noqa: E402
 
 
@@ -42,10 +42,8 @@ def shrink_utkface(src: Path, dst: Path, size: int, quality: int) -> int:
     shutil.copy(src / "splits.csv", dst / "splits.csv")
 
     def one(path: Path) -> None:
-        image = load_image(str(path))
-        interpolation = cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR
-        _write_jpeg(dst / "images" / path.name,
-                    cv2.resize(image, (size, size), interpolation=interpolation), quality)
+        _write_jpeg(dst / "images" / path.name, resize_square(load_image(str(path)), size),
+                    quality)
 
     files = sorted((src / "images").iterdir())
     with ThreadPoolExecutor(4) as pool:

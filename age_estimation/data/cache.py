@@ -76,6 +76,12 @@ def decode_record(record: Record, size: int) -> np.ndarray:
         from age_estimation.faces import align_face
 
         return align_face(image, record.landmarks, size, scheme=record.landmark_scheme)
+    return resize_square(image, size)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An (unaligned) face crop at size x size, as the cache stores it: area averaging when
+    shrinking, bilinear when enlarging."""
     interpolation = cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
