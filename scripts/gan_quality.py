@@ -1,7 +1,10 @@
 """Score a generator without any downloaded network, using the toolkit's own age model:
 
-* Fréchet distance between real and generated faces in the age model's pooled-feature space
-  (printed with the distance between two random halves of the real set: the noise floor);
+* Fréchet distance between real and generated faces in the age model's pooled-feature space,
+  next to the distance between two random halves of the real set (the noise floor): both
+  compare N/2 against N/2 images, since the estimate's bias depends on the sample size;
+* the spread of the generated faces in that space over the real faces' spread (1 = as varied as
+  real faces, near 0 = one face for every latent);
 * how well the teacher's predicted age follows the conditioning age: MAE, Pearson r, bias.
 
     python scripts/gan_quality.py --generator ../runs/gan/utkface_dcgan64 \\
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         age_fidelity,
         frechet_distance,
         predict_ages,
+        spread,
     )
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -74,13 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     fake = torch.cat(images)
     real_features = age_features(teacher, real, size, args.batch_size, device)
     fake_features = age_features(teacher, fake, size, args.batch_size, device)
-    half = len(real_features) // 2
+    half = min(len(real_features), len(fake_features)) // 2
+    reference, other_real = real_features[:half], real_features[half:2 * half]
     scores = {"n_real": len(real_features), "n_generated": len(fake_features),
-              "frechet": frechet_distance(real_features, fake_features),
-              "frechet_real_halves": frechet_distance(real_features[:half],
-                                                      real_features[half:])}
-    print(f"Frechet distance (age-model features) {scores['frechet']:.3f} "
-          f"(real vs real halves: {scores['frechet_real_halves']:.3f})")
+              "frechet_n": half,
+              "frechet": frechet_distance(reference, fake_features[:half]),
+              "frechet_real_halves": frechet_distance(reference, other_real),
+              "spread_ratio": spread(fake_features) / spread(real_features)}
+    print(f"Frechet distance (age-model features, {half} vs {half}) {scores['frechet']:.3f} "
+          f"(real vs real: {scores['frechet_real_halves']:.3f}); spread of generated / real "
+          f"faces {scores['spread_ratio']:.3f}")
     if generator.conditional:
         predicted, _ = predict_ages(teacher, fake, size, args.batch_size, device)
         fidelity = age_fidelity(np.concatenate(conditioned), predicted)

@@ -25,8 +25,8 @@ from age_estimation.engine.checkpoint import load_checkpoint, load_model, save_c
 from age_estimation.engine.inference import predict_batch
 from age_estimation.gan.defaults import load_gan_config
 from age_estimation.gan.external import export_torchscript, load_generator, resize_uint8
-from age_estimation.gan.models import build_networks
-from age_estimation.gan.quality import age_features, age_fidelity, frechet_distance
+from age_estimation.gan.models import ConditionEmbedding, build_networks
+from age_estimation.gan.quality import age_features, age_fidelity, frechet_distance, spread
 from age_estimation.gan.training import GanTrainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning",
@@ -85,8 +85,30 @@ def test_generator_output_shape_range_and_conditioning(resolution):
     assert discriminator(images, labels).shape == (3,)
 
 
+@pytest.mark.parametrize("age_bins", [0, 10])
+def test_age_is_not_drowned_by_the_attributes_in_the_condition_embedding(age_bins):
+    # At initialisation, 5 vs 95 years must move the embedding about as far as a change of
+    # gender or race; otherwise the networks learn to ignore the age (a past one-hour run did).
+    torch.manual_seed(0)
+    embed = ConditionEmbedding(128, 100.0, age_bins, [2, 5])
+    out = embed(torch.tensor([[5.0, 0, 0], [95.0, 0, 0], [5.0, 1, 0], [5.0, 0, 3]]))
+    age, gender, race = ((out[0] - out[i]).norm().item() for i in (1, 2, 3))
+    assert age > 0.5 * max(gender, race)
+
+
+@pytest.mark.parametrize("norm,batch_norms,spectral", [("spectral", 0, True),
+                                                       ("batch", 6, False), ("none", 0, False)])
+def test_discriminator_normalisation_follows_the_config(norm, batch_norms, spectral):
+    # 32 px: three downsampling blocks, two convolutions each.
+    _, discriminator = build_networks(tiny_cfg("MODEL.D_NORM", norm), [2])
+    modules = list(discriminator.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in modules) == batch_norms
+    assert any(hasattr(m, "weight_orig") for m in modules) == spectral
+
+
 @pytest.mark.parametrize("extra", [[], ["TRAIN.LOSS", "nonsat", "MODEL.D_COND", "input",
-                                        "TRAIN.DIFFAUG", ""]])
+                                        "TRAIN.DIFFAUG", ""],
+                                   ["MODEL.D_NORM", "batch"], ["MODEL.D_NORM", "none"]])
 def test_training_step_updates_both_networks_and_ema(extra):
     trainer = GanTrainer(tiny_cfg(*extra), *random_faces())
     before = {name: [p.detach().clone() for p in net.parameters()] for name, net in (
@@ -232,6 +254,13 @@ def test_frechet_distance_is_zero_for_a_set_with_itself_and_grows_with_a_shift()
     assert frechet_distance(a, a * 2.0) > frechet_distance(a, a * 1.2) > 0.1
 
 
+def test_spread_is_zero_for_a_collapsed_set_and_scales_with_the_features():
+    a = np.random.default_rng(1).normal(size=(300, 6))
+    assert spread(np.repeat(a[:1], 50, axis=0)) == pytest.approx(0.0, abs=1e-12)
+    assert spread(a * 3.0) == pytest.approx(3.0 * spread(a))
+    assert spread(a + 5.0) == pytest.approx(spread(a))
+
+
 def test_age_model_features_and_fidelity(teacher):
     model, cfg = load_model(teacher)
     faces = random_faces()[0]
@@ -259,6 +288,34 @@ def csv_faces(tmp_path_factory):
     pd.DataFrame({"path": [f"f{i}.png" for i in range(N_FACES)], "age": labels[:, 0],
                   "gender": labels[:, 1].astype(int)}).to_csv(root / "labels.csv", index=False)
     return root / "labels.csv"
+
+
+class OneFace(torch.nn.Module):
+    """A collapsed external generator: the same grey face whatever the latent."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(z.shape[0], 3, 32, 32)
+
+
+def test_gan_quality_scores_equal_sized_sets_and_flags_a_collapsed_generator(
+        gan_checkpoint, teacher, csv_faces, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the real faces' cache
+    gan_quality = load_script("gan_quality").main
+    common = ["--teacher", str(teacher), "--data", f"csv:{csv_faces}", "--split", "all",
+              "--n", "16", "--device", "cpu"]
+    assert gan_quality(["--generator", str(gan_checkpoint), *common,
+                        "--json", str(tmp_path / "own.json")]) == 0
+    own = json.loads((tmp_path / "own.json").read_text())
+    assert own["n_real"] == own["n_generated"] == 16 and own["frechet_n"] == 8
+    assert own["frechet"] > 0 and own["frechet_real_halves"] > 0 and own["spread_ratio"] > 0
+    assert -1 <= own["age_pearson_r"] <= 1 and own["age_mae"] >= 0
+    collapsed = tmp_path / "one_face.ts"
+    torch.jit.script(OneFace()).save(str(collapsed))
+    assert gan_quality(["--generator", str(collapsed), "--z-dim", "4", *common,
+                        "--json", str(tmp_path / "one.json")]) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert one["spread_ratio"] == pytest.approx(0.0, abs=1e-6)
+    assert "age_mae" not in one  # unconditional: no conditioning age to follow
 
 
 def test_train_gan_resume_continues_from_the_saved_step(csv_faces, tmp_path):
@@ -294,6 +351,7 @@ def test_train_gan_resume_continues_from_the_saved_step(csv_faces, tmp_path):
 
 @pytest.mark.parametrize("key,value", [("MODEL.RESOLUTION", "48"), ("TRAIN.LOSS", "wgan"),
                                        ("TRAIN.DIFFAUG", "cutout"), ("MODEL.AGE_BINS", "1"),
+                                       ("MODEL.D_NORM", "layer"),
                                        ("MODEL.NOPE", "1")])
 def test_gan_config_refuses_bad_values_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key.split(".")[-1]):

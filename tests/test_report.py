@@ -13,7 +13,13 @@ import pandas as pd
 import pytest
 from test_suites import FakeExecutor, write_suite
 
-from age_estimation.analysis.report import findings, load_results, variant_table, write_report
+from age_estimation.analysis.report import (
+    findings,
+    group_table,
+    load_results,
+    variant_table,
+    write_report,
+)
 from age_estimation.analysis.runner import SuiteRunner
 from age_estimation.analysis.suites import load_suite
 from age_estimation.metrics import bootstrap_ci
@@ -100,6 +106,17 @@ def test_variant_table_matches_hand_computed_maes(results):
     assert fgnet.loc["head=dex", "mae"] == pytest.approx(4.5 * 1.5)
 
 
+def test_group_table_splits_the_seed_averaged_errors_by_age_group(results):
+    suite = next(s for s in load_results(results) if s.name == "heads")
+    table = group_table(suite)
+    # Ages 2, 4, ..., 80: images 0-5 are 0-12, 6-8 are 13-19, 9-18 are 20-39, ...
+    assert table.loc["images"].tolist() == [6, 3, 10, 10, 11]
+    per_image = pd.Series(np.abs(PATTERN) * 1.5)  # dex: seeds 1x and 2x, averaged
+    assert table.loc["head=dex", "0-12"] == pytest.approx(per_image[:6].mean())
+    assert table.loc["head=dex", "60+"] == pytest.approx(per_image[29:].mean())
+    assert table.loc["head=better", "13-19"] == pytest.approx(per_image[6:9].mean() / 2)
+
+
 def test_findings_call_a_difference_only_when_the_ci_excludes_zero():
     table = pd.DataFrame({"variant": ["a", "b", "c", "d"], "mae": [5.0, 5.1, 4.0, 6.0],
                           "ci_low": [4.8, 4.9, 3.8, 5.7], "ci_high": [5.2, 5.3, 4.2, 6.3],
@@ -128,6 +145,8 @@ def test_report_has_the_tables_findings_figures_and_error_analysis(results, tmp_
     # fraction 0.25 quadruples the errors: 18.0 vs 4.5
     assert "fraction=0.25 has a higher MAE than fraction=1.0 by 13.50 years" in text
     assert "| 20-39 |" in text and "| female |" in text and "| asian |" in text
+    assert "| variant | 0-12 | 13-19 | 20-39 | 40-59 | 60+ |" in text
+    assert "| images | 6 | 3 | 10 | 10 | 11 |" in text
     figures = tmp_path / "figures"
     for name in ("heads_mae.png", "heads_cost.png", "fraction_mae.png", "error_vs_age.png"):
         assert (figures / name).read_bytes()[:4] == b"\x89PNG", name

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from age_estimation.metrics import (
+    AGE_GROUPS,
+    age_group,
     bootstrap_ci,
     bootstrap_diff_ci,
     mae_by,
@@ -103,6 +105,44 @@ def variant_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame
                 per_image[common].to_numpy(), base[common].to_numpy(), n_boot=N_BOOT)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def group_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
+    """MAE per variant (rows) and age group (columns, AGE_GROUPS order) of the seed-averaged
+    per-image errors; a last row `images` counts each group's images."""
+    ages = {}
+    for run in suite.runs:
+        frame = suite.predictions(run, evaluation)
+        if frame is not None:
+            ages.update(zip(frame["id"], frame["age"]))
+    rows = {}
+    for variant in suite.variants():
+        errors = seed_averaged_errors(suite, variant, evaluation)
+        if errors.empty:
+            continue
+        groups = age_group(errors.index.map(ages).to_numpy(dtype=float))
+        rows[variant] = errors.mean(axis=1).groupby(groups).mean()
+    if not rows:
+        return pd.DataFrame()
+    order = [g[0] for g in AGE_GROUPS]
+    table = pd.DataFrame(rows).T.reindex(columns=order)
+    counts = pd.Series(age_group(np.fromiter(ages.values(), float))).value_counts()
+    table.loc["images"] = counts.reindex(order).fillna(0)
+    return table
+
+
+def _group_markdown(table: pd.DataFrame, baseline: str) -> list[str]:
+    lines = ["MAE by age group (years; seed-averaged errors):", "",
+             "| variant | " + " | ".join(table.columns) + " |",
+             "|" + " --- |" * (len(table.columns) + 1)]
+    for variant, row in table.iterrows():
+        if variant == "images":
+            cells = [f"{int(v)}" for v in row]
+        else:
+            cells = [f"{v:.2f}" if math.isfinite(v) else "—" for v in row]
+        name = f"**{variant}**" if variant == baseline else variant
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def findings(table: pd.DataFrame, baseline: str, where: str = "") -> list[str]:
@@ -347,6 +387,9 @@ def suite_section(suite: SuiteResults, fig_dir: Path, rel: str) -> list[str]:
         where = "" if evaluation == suite.info["split"] else evaluation
         lines += [f"- {s}" for s in findings(table, suite.info["baseline"], where)] + [""]
         if evaluation == suite.info["split"]:
+            groups = group_table(suite, evaluation)
+            if len(groups) > 2:  # at least two variants to compare
+                lines += [*_group_markdown(groups, suite.info["baseline"]), ""]
             for path in suite_figures(suite, table, fig_dir):
                 lines += [f"![{path.stem}]({rel}/{path.name})", ""]
     return lines

@@ -52,6 +52,9 @@ _C.MODEL.AGE_BINS = 0
 _C.MODEL.ATTRIBUTES = []
 # Discriminator conditioning: projection (Miyato & Koyama 2018) | input (label maps as channels).
 _C.MODEL.D_COND = "projection"
+# Discriminator normalisation: spectral (SN-GAN: every layer 1-Lipschitz) | batch (DCGAN: batch
+# norm after the inner convolutions; real and fake batches normalised separately) | none.
+_C.MODEL.D_NORM = "spectral"
 
 # ---------------------------------------------------------------------------------------------
 _C.TRAIN = CN()
@@ -88,7 +91,8 @@ _C.TRAIN.SAMPLE_STEPS = 2000
 # Columns (fixed latents) per age decade in a sample grid.
 _C.TRAIN.SAMPLES_PER_DECADE = 8
 
-_CHOICES = {"MODEL.D_COND": ("projection", "input"), "TRAIN.LOSS": ("hinge", "nonsat")}
+_CHOICES = {"MODEL.D_COND": ("projection", "input"), "MODEL.D_NORM": ("spectral", "batch", "none"),
+            "TRAIN.LOSS": ("hinge", "nonsat")}
 RESOLUTIONS = (32, 64, 128)
 DIFFAUG_POLICIES = ("translation", "color")
 

@@ -3,7 +3,8 @@
 Labels are a float tensor [B, 1 + A]: column 0 the age in years, then one class index per
 conditioning attribute (MODEL.ATTRIBUTES, in order; -1 = unknown). The generator maps
 (z [B, Z_DIM], labels) to images in [-1, 1], [B, 3, R, R]; conditioning enters every block
-through conditional batch norm. The discriminator has spectral norm on every layer and sees the
+through conditional batch norm. The discriminator is normalised by spectral norm on every layer
+(SN-GAN), by batch norm after its inner convolutions (DCGAN) or not at all, and sees the
 condition by projection (inner product of a label embedding with its pooled features) or as
 extra input channels.
 """
@@ -34,8 +35,12 @@ class ConditionEmbedding(nn.Module):
             self.age = nn.Parameter(torch.randn(self.age_bins, dim) * 0.1)
         else:
             self.age_mlp = nn.Sequential(nn.Linear(1, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim))
-        # One extra row per attribute for "unknown" (index -1).
+        # One extra row per attribute for "unknown" (index -1). Initialised at the age path's
+        # scale: nn.Embedding's N(0, 1) rows made gender and race ~7x louder than 5 vs 95
+        # years, and a one-hour run then ignored the age entirely.
         self.attributes = nn.ModuleList(nn.Embedding(k + 1, dim) for k in attribute_classes)
+        for embedding in self.attributes:
+            nn.init.normal_(embedding.weight, std=0.1)
 
     def forward(self, labels: Tensor) -> Tensor:
         age = (labels[:, 0] / self.max_age).clamp(0.0, 1.0)
@@ -121,18 +126,25 @@ class Discriminator(nn.Module):
     """(images in [-1, 1], labels) -> one real/fake logit per image [B]."""
 
     def __init__(self, resolution: int, width: int, max_age: float, age_bins: int,
-                 attribute_classes: Sequence[int] = (), cond: str = "projection") -> None:
+                 attribute_classes: Sequence[int] = (), cond: str = "projection",
+                 norm: str = "spectral") -> None:
         super().__init__()
         self.cond = cond
         widths = _widths(resolution, width)[::-1]  # R x R (narrow) down to 4 x 4 (wide)
         c_label = 1 + len(attribute_classes) if cond == "input" else 0
-        self.from_rgb = spectral_norm(nn.Conv2d(3 + c_label, widths[0], 3, padding=1))
+        wrap = spectral_norm if norm == "spectral" else (lambda layer: layer)
+
+        def after(channels: int) -> nn.Module:
+            # DCGAN's batch norm: never on the input layer, where it would erase colour shifts.
+            return nn.BatchNorm2d(channels) if norm == "batch" else nn.Identity()
+
+        self.from_rgb = wrap(nn.Conv2d(3 + c_label, widths[0], 3, padding=1))
         self.blocks = nn.ModuleList(
-            nn.Sequential(spectral_norm(nn.Conv2d(a, b, 3, padding=1)), nn.LeakyReLU(0.2),
-                          spectral_norm(nn.Conv2d(b, b, 4, stride=2, padding=1)),
+            nn.Sequential(wrap(nn.Conv2d(a, b, 3, padding=1)), after(b), nn.LeakyReLU(0.2),
+                          wrap(nn.Conv2d(b, b, 4, stride=2, padding=1)), after(b),
                           nn.LeakyReLU(0.2))
             for a, b in pairwise(widths))
-        self.linear = spectral_norm(nn.Linear(widths[-1], 1))
+        self.linear = wrap(nn.Linear(widths[-1], 1))
         self.embed = (ConditionEmbedding(widths[-1], max_age, age_bins, attribute_classes)
                       if cond == "projection" else None)
         self.max_age = float(max_age)
@@ -159,7 +171,7 @@ def build_networks(cfg: CfgNode, classes: Sequence[int]) -> tuple[Generator, Dis
     generator = Generator(m.RESOLUTION, m.Z_DIM, m.G_WIDTH, m.EMBED_DIM, m.MAX_AGE, m.AGE_BINS,
                           classes)
     discriminator = Discriminator(m.RESOLUTION, m.D_WIDTH, m.MAX_AGE, m.AGE_BINS, classes,
-                                  m.D_COND)
+                                  m.D_COND, m.D_NORM)
     return generator, discriminator
 
 

@@ -1,6 +1,7 @@
 """GAN quality without a downloaded network: a Fréchet distance in the pooled-feature space of
 the toolkit's own age model (an "FID" whose Inception is an age estimator, so it weighs what
-matters for age), and how well a teacher's predicted age follows the conditioning age."""
+matters for age), the spread of the generated faces in that space against the real faces'
+(mode collapse), and how well a teacher's predicted age follows the conditioning age."""
 
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
     distance = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root
     return float(max(distance, 0.0))
+
+
+def spread(features: np.ndarray) -> float:
+    """Mean Euclidean distance of feature vectors [N, F] to their centroid: how different the
+    faces of a set are from one another (a collapsed generator scores far below real faces)."""
+    return float(np.linalg.norm(features - features.mean(axis=0), axis=1).mean())
 
 
 @torch.no_grad()
