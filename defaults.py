@@ -51,6 +51,10 @@ _C.AUG.LABEL_JITTER = True
 _C.AUG.PERTURB = []
 # Probability that an image gets one of AUG.PERTURB.
 _C.AUG.PERTURB_P = 0.5
+# Mixup (Zhang et al. 2018): each batch is blended with a shuffled copy of itself, weight
+# lam ~ Beta(alpha, alpha), and the loss is lam x loss(ages) + (1 - lam) x loss(shuffled ages)
+# for any head. 0 = off; e.g. 0.2. Not with MODEL.FDS (its statistics need one age per image).
+_C.AUG.MIXUP_ALPHA = 0.0
 
 # ---------------------------------------------------------------------------------------------
 _C.MODEL = CN()
@@ -106,6 +110,11 @@ _C.LOSS.LDS_KS = 5
 _C.LOSS.LDS_SIGMA = 2.0
 # Weight of each MODEL.ATTRIBUTES cross-entropy relative to the age loss ([] = all 1.0).
 _C.LOSS.ATTRIBUTE_WEIGHTS = []
+# Knowledge distillation: a teacher's per-image predictions on the train split (test.py
+# --split train --out FILE, e.g. with --ensemble), matched by image id; "" = off.
+_C.LOSS.DISTILL_PREDICTIONS = ""
+# The age loss becomes (1 - W) x loss(true age) + W x loss(teacher's predicted age), for any head.
+_C.LOSS.DISTILL_WEIGHT = 0.5
 
 # ---------------------------------------------------------------------------------------------
 _C.SAMPLER = CN()
@@ -146,6 +155,10 @@ _C.TRAIN.THREADS = 0
 # Also write last.pth every N optimisation steps within an epoch (0 = only at epoch ends); a
 # killed run then resumes mid-epoch, losing at most N steps.
 _C.TRAIN.CHECKPOINT_STEPS = 0
+# Exponential moving average of the weights (timm's ModelEmaV3 with warmup; 0 = off, e.g.
+# 0.999): validation, best.pth and test.py use the averaged weights; checkpoints also keep the
+# raw weights (`train_model`) that training resumes from.
+_C.TRAIN.EMA_DECAY = 0.0
 # On a NaN/inf loss: False = stop with an error naming the step (the last checkpoint is kept);
 # True = skip that batch (no update), count it in metrics.csv and go on.
 _C.TRAIN.SKIP_NONFINITE = False

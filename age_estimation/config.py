@@ -57,6 +57,16 @@ def validate(cfg: CfgNode) -> None:
     if synthetic.RATIO > 0 and cfg.SAMPLER.BALANCED:
         # The balanced sampler draws whole batches by real-age weights: no fixed synthetic share.
         raise ConfigError("SAMPLER.BALANCED cannot be combined with DATA.SYNTHETIC.RATIO > 0")
+    if not 0.0 <= cfg.LOSS.DISTILL_WEIGHT <= 1.0:
+        raise ConfigError(f"LOSS.DISTILL_WEIGHT = {cfg.LOSS.DISTILL_WEIGHT}: expected a value in "
+                          f"[0, 1]")
+    if not 0.0 <= cfg.TRAIN.EMA_DECAY < 1.0:
+        raise ConfigError(f"TRAIN.EMA_DECAY = {cfg.TRAIN.EMA_DECAY}: expected a value in [0, 1)")
+    if cfg.AUG.MIXUP_ALPHA < 0:
+        raise ConfigError(f"AUG.MIXUP_ALPHA = {cfg.AUG.MIXUP_ALPHA}: expected >= 0 (0 = off)")
+    if cfg.AUG.MIXUP_ALPHA > 0 and cfg.MODEL.FDS.ENABLED:
+        raise ConfigError("AUG.MIXUP_ALPHA > 0 cannot be combined with MODEL.FDS.ENABLED: FDS "
+                          "smooths features per age, and a mixed image has two")
     if not 0.0 <= cfg.MODEL.DROPOUT < 1.0:
         raise ConfigError(f"MODEL.DROPOUT = {cfg.MODEL.DROPOUT}: expected a value in [0, 1)")
     from age_estimation.data.perturbations import parse_perturb_range

@@ -46,10 +46,17 @@ def test_wrong_type_names_the_key():
     ("DATA.FRACTION", "1.5", r"DATA\.FRACTION"),
     ("AUG.POLICY", "extreme", r"AUG\.POLICY"),
     ("MODEL.DROPOUT", "1.0", r"MODEL\.DROPOUT"),
+    ("TRAIN.EMA_DECAY", "1.0", r"TRAIN\.EMA_DECAY = 1\.0"),
+    ("AUG.MIXUP_ALPHA", "-0.2", r"AUG\.MIXUP_ALPHA = -0\.2"),
 ])
 def test_bad_values_name_the_key(key, value, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [key, value])
+
+
+def test_mixup_refuses_feature_smoothing():
+    with pytest.raises(ConfigError, match=r"AUG\.MIXUP_ALPHA.*MODEL\.FDS\.ENABLED"):
+        load_config(None, ["AUG.MIXUP_ALPHA", "0.2", "MODEL.FDS.ENABLED", "True"])
 
 
 def test_odd_override_list_and_missing_file(tmp_path):

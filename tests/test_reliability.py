@@ -82,12 +82,14 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("recipe", [[], ["TRAIN.EMA_DECAY", "0.9", "AUG.MIXUP_ALPHA", "0.4"]],
+                         ids=["plain", "ema_mixup"])
 def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
-        csv_dataset, tmp_path):
+        csv_dataset, tmp_path, recipe):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     # The reference run and the run to kill go side by side (one thread each).
     uninterrupted = subprocess.Popen(
-        [sys.executable, "train.py", *train_args(reference, csv_dataset)], cwd=REPO,
+        [sys.executable, "train.py", *train_args(reference, csv_dataset, *recipe)], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marker = tmp_path / "stopped"
     # Checkpoints every 4 steps: epoch 1 step 4, end of epoch 1, epoch 2 step 4 (update 10).
@@ -95,7 +97,7 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
     env = dict(os.environ, STOP_AT="11", STOP_MARKER=str(marker))
     victim = subprocess.Popen(
         [sys.executable, "-c", STOPPING_TRAIN,
-         *train_args(killed, csv_dataset, "TRAIN.CHECKPOINT_STEPS", "4")],
+         *train_args(killed, csv_dataset, "TRAIN.CHECKPOINT_STEPS", "4", *recipe)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(marker, victim)
@@ -116,12 +118,18 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
     _, err = uninterrupted.communicate(timeout=600)
     assert uninterrupted.returncode == 0, err[-3000:]
 
+    weights = ["model", "train_model"] if recipe else ["model"]  # EMA: averaged and raw
     for name in ("last.pth", "best.pth"):
         expected, got = load_checkpoint(reference / name), load_checkpoint(killed / name)
         assert (got["epoch"], got["step"]) == (expected["epoch"], expected["step"])
-        assert got["model"].keys() == expected["model"].keys()
-        for key, tensor in expected["model"].items():
-            assert torch.equal(got["model"][key], tensor), f"{name}: {key} differs"
+        assert ("train_model" in got) == bool(recipe)
+        for weight in weights:
+            assert got[weight].keys() == expected[weight].keys()
+            for key, tensor in expected[weight].items():
+                assert torch.equal(got[weight][key], tensor), f"{name}: {weight}.{key} differs"
+    if recipe:  # the averaged weights are not the raw ones
+        last = load_checkpoint(reference / "last.pth")
+        assert not all(torch.equal(last["model"][k], v) for k, v in last["train_model"].items())
     columns = ["epoch", "train_loss", "valid_mae", "lr", "skipped_nonfinite"]
     pd.testing.assert_frame_equal(pd.read_csv(killed / "metrics.csv")[columns],
                                   pd.read_csv(reference / "metrics.csv")[columns])

@@ -117,6 +117,26 @@ def test_group_table_splits_the_seed_averaged_errors_by_age_group(results):
     assert table.loc["head=better", "13-19"] == pytest.approx(per_image[6:9].mean() / 2)
 
 
+def test_group_table_adds_the_shot_columns_averaged_over_seeds(results, tmp_path):
+    copy = shutil.copytree(results, tmp_path / "runs")
+    for metrics in copy.glob("heads/*/metrics.json"):
+        summary = json.loads(metrics.read_text())
+        scale = 1.0 + summary["seed"]  # seed 0: 1x, seed 1: 2x
+        summary["evaluations"]["test"]["by_shot"] = [
+            {"shot": "many", "n": 30, "mae": 2.0 * scale, "bias": 0.0},
+            {"shot": "few", "n": 10, "mae": 8.0 * scale, "bias": -8.0 * scale}]
+        metrics.write_text(json.dumps(summary))
+    suite = next(s for s in load_results(copy) if s.name == "heads")
+    table = group_table(suite)
+    assert table.columns[-2:].tolist() == ["many-shot", "few-shot"]
+    assert table.loc["head=dex", "many-shot"] == pytest.approx(3.0)  # mean of 2 and 4
+    assert table.loc["head=better", "few-shot"] == pytest.approx(12.0)
+    assert table.loc["images", ["many-shot", "few-shot"]].tolist() == [30, 10]
+    text = write_report(copy, tmp_path / "REPORT.md").read_text()
+    assert "| variant | 0-12 | 13-19 | 20-39 | 40-59 | 60+ | many-shot | few-shot |" in text
+    assert "| images | 6 | 3 | 10 | 10 | 11 | 30 | 10 |" in text
+
+
 def test_findings_call_a_difference_only_when_the_ci_excludes_zero():
     table = pd.DataFrame({"variant": ["a", "b", "c", "d"], "mae": [5.0, 5.1, 4.0, 6.0],
                           "ci_low": [4.8, 4.9, 3.8, 5.7], "ci_high": [5.2, 5.3, 4.2, 6.3],

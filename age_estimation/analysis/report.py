@@ -109,7 +109,8 @@ def variant_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame
 
 def group_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
     """MAE per variant (rows) and age group (columns, AGE_GROUPS order) of the seed-averaged
-    per-image errors; a last row `images` counts each group's images."""
+    per-image errors, then per many / medium / few-shot age when the runs' metrics have it; a
+    last row `images` counts each column's images."""
     ages = {}
     for run in suite.runs:
         frame = suite.predictions(run, evaluation)
@@ -128,11 +129,23 @@ def group_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
     table = pd.DataFrame(rows).T.reindex(columns=order)
     counts = pd.Series(age_group(np.fromiter(ages.values(), float))).value_counts()
     table.loc["images"] = counts.reindex(order).fillna(0)
+    # Many / medium / few-shot ages (by training images per age), from each run's metrics:
+    # the mean of per-seed MAEs equals the MAE of the seed-averaged absolute errors.
+    shots = [(run["variant"], entry) for run in suite.runs
+             for entry in run.get("evaluations", {}).get(evaluation, {}).get("by_shot") or []]
+    if shots:
+        frame = pd.DataFrame([{"variant": v, "shot": f"{e['shot']}-shot", "mae": e["mae"],
+                               "n": e["n"]} for v, e in shots])
+        shot_order = list(dict.fromkeys(frame["shot"]))
+        maes = frame.pivot_table(index="variant", columns="shot", values="mae", aggfunc="mean")
+        table = table.join(maes.reindex(columns=shot_order))
+        table.loc["images", shot_order] = frame.groupby("shot")["n"].max().reindex(shot_order)
     return table
 
 
 def _group_markdown(table: pd.DataFrame, baseline: str) -> list[str]:
-    lines = ["MAE by age group (years; seed-averaged errors):", "",
+    lines = ["MAE by age group and, where known, by how many training images the age has "
+             "(many > 100, medium 20-100, few < 20):", "",
              "| variant | " + " | ".join(table.columns) + " |",
              "|" + " --- |" * (len(table.columns) + 1)]
     for variant, row in table.iterrows():

@@ -1,5 +1,5 @@
-"""The training loop: AMP, channels_last, DDP, per-epoch validation, atomic checkpoints (every
-epoch and optionally every N steps) and exact resume."""
+"""The training loop: AMP, channels_last, DDP, mixup, an EMA of the weights, per-epoch
+validation, atomic checkpoints (every epoch and optionally every N steps) and exact resume."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -30,6 +33,7 @@ from age_estimation.data.build import (
     train_loader,
 )
 from age_estimation.data.imbalance import FeatureSmoothing, age_histogram, sample_weights
+from age_estimation.data.records import Record
 from age_estimation.data.transforms import build_train_transform
 from age_estimation.engine.checkpoint import load_checkpoint, save_checkpoint
 from age_estimation.engine.evaluation import predict_records
@@ -95,6 +99,36 @@ def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer, steps_per_ep
                                 decay_rate=0.1, **common)
 
 
+def mixup(images: torch.Tensor, alpha: float, seed: Sequence[int]
+          ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """Mixup of a batch: (images blended with a shuffled copy of the batch, as floats in [0, 1]
+    (what AgeModel takes besides uint8), the originals' weight lam ~ Beta(alpha, alpha), the
+    shuffle). A pure function of `seed`, so a resumed epoch mixes the same pairs."""
+    rng = np.random.default_rng(list(seed))
+    lam = float(rng.beta(alpha, alpha))
+    order = torch.from_numpy(rng.permutation(len(images))).to(images.device)
+    pixels = images.float() if images.dtype == torch.uint8 else images * 255.0
+    return (pixels * lam + pixels[order] * (1.0 - lam)) / 255.0, lam, order
+
+
+def teacher_ages(path: str | Path, records: list[Record]) -> np.ndarray:
+    """A teacher's predicted age for each record, from a test.py predictions CSV (columns id,
+    pred); every record must be there, or the error names how many are missing and one id."""
+    try:
+        table = pd.read_csv(path, usecols=["id", "pred"])
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"LOSS.DISTILL_PREDICTIONS = {path}: {err}") from None
+    predicted = table.drop_duplicates("id").set_index("id")["pred"]
+    ids = [r.id for r in records]
+    found = predicted.reindex(ids).to_numpy(dtype=np.float64)
+    missing = [i for i, value in zip(ids, found) if not math.isfinite(value)]
+    if missing:
+        raise ConfigError(f"LOSS.DISTILL_PREDICTIONS = {path}: no finite prediction for "
+                          f"{len(missing)} of {len(ids)} training images (e.g. {missing[0]!r}); "
+                          f"make it with test.py --split train on the same data")
+    return found
+
+
 class Trainer:
     """Builds everything from a config and trains; `Trainer(cfg).fit()`.
 
@@ -146,6 +180,12 @@ class Trainer:
                 ages, cfg.LOSS.REWEIGHT, cfg.LOSS.LDS_KERNEL, cfg.LOSS.LDS_KS,
                 cfg.LOSS.LDS_SIGMA)).to(self.device)
         self.sampling_weights = sample_weights(ages, "inverse") if cfg.SAMPLER.BALANCED else None
+        self.teacher_ages = None
+        if cfg.LOSS.DISTILL_PREDICTIONS:
+            # Synthetic faces (after the real ones) keep their own, already teacher-made label.
+            teacher = teacher_ages(cfg.LOSS.DISTILL_PREDICTIONS, self.train_records)
+            self.teacher_ages = torch.from_numpy(np.concatenate(
+                [teacher, ages[len(teacher):]]).astype(np.float32)).to(self.device)
         # Classes come from real records only, so a generator's odd label adds no class.
         self.attribute_vocab = attribute_vocab(self.train_records, cfg.MODEL.ATTRIBUTES)
         self.attribute_labels = encode_attributes(self.train_records + synthetic_records,
@@ -169,6 +209,9 @@ class Trainer:
             weight_decay=cfg.TRAIN.WEIGHT_DECAY, **({"momentum": 0.9, "nesterov": True}
                                                      if cfg.TRAIN.OPTIMIZER == "sgd" else {}))
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        # The averaged weights are what validation, best.pth and test.py see.
+        self.ema = (ModelEmaV3(self.model, decay=cfg.TRAIN.EMA_DECAY, use_warmup=True)
+                    if cfg.TRAIN.EMA_DECAY else None)
         self.start_epoch, self.start_step, self.best_mae = 0, 0, math.inf
         self.epoch_stats = self._new_stats()
         if resume:
@@ -199,8 +242,12 @@ class Trainer:
         i.e. `epoch` epochs completed). Only rank 0 writes."""
         if self.rank:
             return
+        weights = {"model": self.model.state_dict()}
+        if self.ema is not None:
+            weights = {"model": self.ema.module.state_dict(),
+                       "train_model": self.model.state_dict()}
         save_checkpoint({
-            "model": self.model.state_dict(),
+            **weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
@@ -215,7 +262,14 @@ class Trainer:
 
     def _resume(self, path: str) -> None:
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            if "train_model" not in state:
+                raise ConfigError(f"{path} was trained without TRAIN.EMA_DECAY: it cannot "
+                                  f"resume with an EMA of the weights")
+            self.model.load_state_dict(state["train_model"])
+            self.ema.module.load_state_dict(state["model"])
+        else:
+            self.model.load_state_dict(state.get("train_model", state["model"]))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         # Checkpoints from before per-rank RNG states held rank 0's torch state only.
@@ -258,20 +312,24 @@ class Trainer:
                         disable=True if self.rank else None, mininterval=5)
         for step, batch in enumerate(progress, start=start_step):
             images = batch["image"].to(self.device, non_blocking=True)
+            targets = {k: v.to(self.device) for k, v in batch.items() if k != "image"}
+            mixed = None
+            if cfg.AUG.MIXUP_ALPHA > 0:
+                images, lam, order = mixed = mixup(images, cfg.AUG.MIXUP_ALPHA,
+                                                   (cfg.TRAIN.SEED, epoch, step, self.rank))
             if cfg.TRAIN.CHANNELS_LAST:
                 images = images.contiguous(memory_format=torch.channels_last)
-            targets = {k: v.to(self.device) for k, v in batch.items() if k != "image"}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.TRAIN.AMP):
                 outputs = self.net(images, targets["age"] if fds_ages else None,
                                    with_attributes=with_attributes)
+            attribute_logits = None
             if with_attributes:
                 outputs, attribute_logits = outputs
-            per_image = self.model.head.loss(outputs, targets)
-            if self.loss_weights is not None:
-                per_image = per_image * self.loss_weights[targets["index"]]
-            if with_attributes:
-                per_image = per_image + self.model.attributes.loss(
-                    attribute_logits, self.attribute_labels[targets["index"]])
+            per_image = self._per_image_loss(outputs, attribute_logits, targets)
+            if mixed is not None:
+                shuffled = {k: v[order] for k, v in targets.items()}
+                per_image = lam * per_image + (1.0 - lam) * self._per_image_loss(
+                    outputs, attribute_logits, shuffled)
             loss = per_image.mean()
             self.optimizer.zero_grad(set_to_none=True)
             if self._all_finite(loss):
@@ -279,6 +337,8 @@ class Trainer:
                 self.optimizer.step()
                 stats["loss_sum"] += loss.item() * len(images)
                 stats["seen"] += len(images)
+                if self.ema is not None:
+                    self.ema.update(self.model, step=epoch * self.steps_per_epoch + step + 1)
             elif cfg.TRAIN.SKIP_NONFINITE:
                 stats["skipped"] += 1
                 logger.warning("non-finite loss at epoch %d, step %d: batch skipped (%d skipped "
@@ -309,6 +369,22 @@ class Trainer:
         loss_sum, seen, seen_now = totals.tolist()
         return loss_sum / max(seen, 1), seen_now / (time.perf_counter() - start)
 
+    def _per_image_loss(self, outputs: torch.Tensor, attribute_logits: dict | None,
+                        targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's loss per image (blended with the loss for the teacher's age under
+        LOSS.DISTILL_PREDICTIONS), times its LOSS.REWEIGHT weight, plus the attribute losses."""
+        per_image = self.model.head.loss(outputs, targets)
+        if self.teacher_ages is not None:
+            weight = self.cfg.LOSS.DISTILL_WEIGHT
+            taught = dict(targets, age=self.teacher_ages[targets["index"]])
+            per_image = (1.0 - weight) * per_image + weight * self.model.head.loss(outputs, taught)
+        if self.loss_weights is not None:
+            per_image = per_image * self.loss_weights[targets["index"]]
+        if attribute_logits is not None:
+            per_image = per_image + self.model.attributes.loss(
+                attribute_logits, self.attribute_labels[targets["index"]])
+        return per_image
+
     def _end_epoch_fds(self, epoch: int) -> None:
         """Fold the epoch's FDS feature sums (of all ranks' images) into its statistics."""
         fds = self.model.fds
@@ -318,7 +394,8 @@ class Trainer:
         fds.end_epoch(epoch)
 
     def validate(self):
-        frame = predict_records([self.model], self.cfg, self.valid_records, self.valid_images,
+        model = self.model if self.ema is None else self.ema.module
+        frame = predict_records([model], self.cfg, self.valid_records, self.valid_images,
                                 device=str(self.device))
         return float((frame["pred"] - frame["age"]).abs().mean()), frame
 

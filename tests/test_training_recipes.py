@@ -1,0 +1,96 @@
+"""Training tricks of the recipe search: mixup's batch blending (deterministic, convex) and
+knowledge distillation from a teacher's per-image predictions."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import write_csv_dataset
+
+from age_estimation.config import ConfigError
+from age_estimation.data.datasets import read_dataset
+from age_estimation.engine.trainer import mixup, teacher_ages
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mixup_blends_each_image_with_a_shuffled_partner_deterministically():
+    images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
+    mixed, lam, order = mixup(images, 0.4, (0, 1, 2, 0))
+    assert 0.0 < lam < 1.0 and sorted(order.tolist()) == list(range(8))
+    assert mixed.dtype == torch.float32 and mixed.min() >= 0.0 and mixed.max() <= 1.0
+    expected = (lam * images.float() + (1 - lam) * images[order].float()) / 255.0
+    torch.testing.assert_close(mixed, expected)
+    again, lam_again, order_again = mixup(images, 0.4, (0, 1, 2, 0))
+    assert lam_again == lam and torch.equal(order_again, order) and torch.equal(again, mixed)
+    _, other_lam, _ = mixup(images, 0.4, (0, 1, 3, 0))  # the next step draws anew
+    assert other_lam != lam
+    # Float input in [0, 1] (what AgeModel also takes) gives the same blend.
+    from_float, _, _ = mixup(images.float() / 255.0, 0.4, (0, 1, 2, 0))
+    torch.testing.assert_close(from_float, mixed)
+
+
+def test_mixup_alpha_shapes_the_blend_weight():
+    lams = [mixup(torch.zeros(4, 3, 2, 2), 0.1, (s,))[1] for s in range(200)]
+    # Beta(0.1, 0.1) puts most weight near 0 and 1: most blends are mild.
+    assert sum(min(lam, 1 - lam) < 0.1 for lam in lams) > 120
+    assert pytest.approx(sum(lams) / len(lams), abs=0.1) == 0.5
+
+
+# ------------------------------------------------------------------------------ distillation
+
+
+@pytest.fixture(scope="module")
+def csv_dataset(tmp_path_factory) -> Path:
+    return write_csv_dataset(tmp_path_factory.mktemp("csvdata"), {"train": 12, "valid": 4})
+
+
+def teacher_csv(path: Path, data: Path, shift: float) -> Path:
+    """Predictions as test.py writes them: the true train ages + shift, plus a duplicate row."""
+    records = read_dataset("csv", str(data), "train")
+    frame = pd.DataFrame({"id": [r.id for r in records], "pred": [r.age + shift for r in records]})
+    pd.concat([frame, frame.head(1)]).to_csv(path, index=False)
+    return path
+
+
+def test_teacher_ages_follow_the_ids_and_a_missing_image_is_named(csv_dataset, tmp_path):
+    records = read_dataset("csv", str(csv_dataset), "train")
+    ages = teacher_ages(teacher_csv(tmp_path / "t.csv", csv_dataset, 2.5), records[::-1])
+    np.testing.assert_allclose(ages, [r.age + 2.5 for r in records[::-1]])
+    pd.read_csv(tmp_path / "t.csv").iloc[1:-1].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(ConfigError, match=rf"1 of 12 training images \(e.g. '{records[0].id}'\)"):
+        teacher_ages(tmp_path / "short.csv", records)
+    with pytest.raises(ConfigError, match=r"LOSS\.DISTILL_PREDICTIONS = .*nope\.csv"):
+        teacher_ages(tmp_path / "nope.csv", records)
+
+
+def train_losses(out: Path, data: Path, *extra: str) -> list[float]:
+    result = subprocess.run(
+        [sys.executable, "train.py", "--cfg", "configs/utkface_resnet18_dex.yaml",
+         "OUTPUT_DIR", str(out), "DATA.DATASET", "csv", "DATA.ROOT", str(data),
+         "DATA.CACHE_DIR", str(out.parent / "cache"), "DATA.NUM_WORKERS", "0",
+         "MODEL.BACKBONE", "test_resnet", "MODEL.IMG_SIZE", "32", "TRAIN.EPOCHS", "2",
+         "TRAIN.BATCH_SIZE", "4", "TRAIN.THREADS", "1", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return pd.read_csv(out / "metrics.csv")["train_loss"].tolist()
+
+
+def test_distillation_blends_the_loss_for_the_teachers_ages(csv_dataset, tmp_path):
+    # L1 head: the loss is the distance to the target age, so a shifted target shows in it.
+    plain = train_losses(tmp_path / "plain", csv_dataset, "MODEL.HEAD", "l1")
+    same = teacher_csv(tmp_path / "same.csv", csv_dataset, 0.0)
+    # A teacher that predicts the true ages leaves training exactly as it was, at any weight...
+    assert train_losses(tmp_path / "same", csv_dataset, "MODEL.HEAD", "l1",
+                        "LOSS.DISTILL_PREDICTIONS", str(same),
+                        "LOSS.DISTILL_WEIGHT", "1.0") == plain
+    # ...and one that is 30 years off changes the targets, hence the loss.
+    older = teacher_csv(tmp_path / "older.csv", csv_dataset, 30.0)
+    shifted = train_losses(tmp_path / "older", csv_dataset, "MODEL.HEAD", "l1",
+                           "LOSS.DISTILL_PREDICTIONS",
+                           str(older), "LOSS.DISTILL_WEIGHT", "1.0")
+    assert shifted[0] > plain[0] + 10.0
