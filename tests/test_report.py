@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import load_script
 from test_suites import FakeExecutor, write_suite
 
 from age_estimation.analysis.report import (
     findings,
     group_table,
     load_results,
+    recipe_log,
     variant_table,
     write_report,
 )
@@ -135,6 +137,30 @@ def test_group_table_adds_the_shot_columns_averaged_over_seeds(results, tmp_path
     text = write_report(copy, tmp_path / "REPORT.md").read_text()
     assert "| variant | 0-12 | 13-19 | 20-39 | 40-59 | 60+ | many-shot | few-shot |" in text
     assert "| images | 6 | 3 | 10 | 10 | 11 | 30 | 10 |" in text
+
+
+def test_recipe_log_lists_every_trial_best_first_with_its_changes(results):
+    suite = next(s for s in load_results(results) if s.name == "heads")
+    text = recipe_log(suite)
+    rows = [line for line in text.splitlines() if line.startswith("| head=")]
+    # valid MAE: better 1.5 (seed 0) and 3.0 (seed 1); dex and same 3.0 and 6.0
+    assert [row.split(" | ")[0] for row in rows][:2] == ["| head=better__seed=0",
+                                                         "| head=better__seed=1"]
+    assert len(rows) == 6 and "| 1.500 (" in rows[0] and "`MODEL.HEAD l1`" in rows[0]
+    assert "valid** split only" in text and "not finished" not in text
+    unfinished = dict(suite.info, variants=[*suite.info["variants"], dict(
+        suite.info["variants"][0], name="head=new", overrides=["TRAIN.EPOCHS", "9"])])
+    text = recipe_log(type(suite)(suite.name, unfinished, suite.folder, suite.runs))
+    assert "| head=new | `TRAIN.EPOCHS 9` | not finished" in text
+
+
+def test_recipes_log_script_writes_the_log_or_names_a_missing_suite(results, tmp_path, capsys):
+    main = load_script("recipes_log").main
+    out = tmp_path / "recipes.md"
+    assert main(["--results", str(results), "--suite", "heads", "--out", str(out)]) == 0
+    assert out.read_text().startswith("# Recipe search: heads")
+    assert main(["--results", str(results), "--suite", "recipes", "--out", str(out)]) == 2
+    assert "no suite 'recipes'" in capsys.readouterr().err
 
 
 def test_findings_call_a_difference_only_when_the_ci_excludes_zero():
