@@ -11,7 +11,8 @@ Each image's label is the teacher's predicted mean age and std; --min-confidence
 only images the teacher is sure about (std < STD), drawing more until the quota is met.
 --ages (60-100, or 20,30,40) picks the conditioning ages, e.g. to fill rare ages; without it
 ages follow the generator's training distribution. OUT gets images/NNNNNNN.png, labels.csv
-(`csv` dataset format: path,age,age_std[,conditioned_age, attributes]) and provenance.json,
+(`csv` dataset format: path,age,age_std[,conditioned_age, attributes]) and provenance.json
+(what made it, and a summary of the teacher's labels: do they follow the asked-for ages?),
 so `DATA.DATASET csv DATA.ROOT OUT/labels.csv` trains on it like any other dataset.
 """
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from age_estimation.engine.checkpoint import load_model
-    from age_estimation.gan.quality import predict_ages
+    from age_estimation.gan.quality import label_summary, predict_ages
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["path", "age", "age_std"]
     if generator.conditional:
         columns += ["conditioned_age", *generator.label_columns[1:]]
-    pd.DataFrame(rows, columns=columns).to_csv(out / "labels.csv", index=False)
+    table = pd.DataFrame(rows, columns=columns)
+    table.to_csv(out / "labels.csv", index=False)
     generator_path = Path(args.generator)
     if generator_path.is_dir():
         generator_path = generator_path / "last.pth"
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed, "command": shlex.join([sys.argv[0], *(argv or sys.argv[1:])]),
         "requested": n, "written": len(rows), "drawn": drawn,
         "min_confidence": args.min_confidence or None, "ages": args.ages or None,
+        "teacher_labels": label_summary(table),
     }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(f"wrote {len(rows)} of {n} images ({drawn} drawn) to {out}")

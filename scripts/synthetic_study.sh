@@ -27,5 +27,8 @@ fi
   --teacher "$TEACHER" --n 10000 --seed 0 --out "$SYNTH/utkface_dcgan64_all"
 [ -f "$SYNTH/utkface_dcgan64_old/labels.csv" ] || "$PY" scripts/synthesize.py --generator "$GAN" \
   --teacher "$TEACHER" --ages 60-100 --per-age 60 --seed 1 --out "$SYNTH/utkface_dcgan64_old"
+# What made each set and what the teacher made of its faces (no images).
+"$PY" scripts/synthetic_labels.py "$SYNTH/utkface_dcgan64_all" "$SYNTH/utkface_dcgan64_old" \
+  --json results/synthetic/synthetic_labels.json
 "$PY" scripts/run_suite.py configs/suites/synthetic.yaml
 "$PY" scripts/make_report.py

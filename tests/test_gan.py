@@ -186,6 +186,17 @@ def test_synthesize_writes_a_teacher_labelled_csv_dataset(gan_checkpoint, teache
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["seed"] == 3 and provenance["written"] == 6
     assert provenance["teacher"].endswith("teacher.pth") and "--per-age" in provenance["command"]
+    summary = provenance["teacher_labels"]
+    assert summary["n"] == 6 and summary["mean"] == pytest.approx(table["age"].mean(), abs=1e-3)
+    assert sum(summary["share_by_decade"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert summary["pearson_r_with_conditioned_age"] == pytest.approx(
+        table["age"].corr(table["conditioned_age"]), abs=1e-3)
+    # synthetic_labels.py recomputes the summary from the labels there, next to the provenance.
+    summarize = load_script("synthetic_labels").main
+    assert summarize([str(out), "--json", str(tmp_path / "labels.json")]) == 0
+    entry = json.loads((tmp_path / "labels.json").read_text())["synth"]
+    assert entry["teacher_labels"] == summary and entry["made_by"]["seed"] == 3
+    assert summarize([str(tmp_path), "--json", str(tmp_path / "x.json")]) == 2
     # --min-confidence keeps only images below the std threshold; rejected ages are drawn
     # again until each age has its quota.
     threshold = float(np.median(table["age_std"]))

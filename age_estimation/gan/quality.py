@@ -6,6 +6,7 @@ matters for age), the spread of the generated faces in that space against the re
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -72,3 +73,21 @@ def age_fidelity(conditioned: np.ndarray, predicted: np.ndarray) -> dict[str, fl
          if conditioned.std() > 0 and predicted.std() > 0 else float("nan"))
     return {"mae": float(np.abs(predicted - conditioned).mean()), "pearson_r": r,
             "bias": float((predicted - conditioned).mean())}
+
+
+def label_summary(table: pd.DataFrame) -> dict:
+    """What the teacher made of the drawn faces: its ages' mean, quantiles and share per decade,
+    and their correlation with the conditioning ages (when the generator is conditional)."""
+    ages = table["age"]
+    if ages.empty:
+        return {"n": 0}
+    decades = (ages // 10 * 10).astype(int).value_counts(normalize=True).sort_index()
+    summary = {"n": len(ages), "mean": round(float(ages.mean()), 3),
+               "quantiles": {f"q{int(q * 100)}": round(float(ages.quantile(q)), 3)
+                             for q in (0.05, 0.5, 0.95)},
+               "share_by_decade": {f"{d}-{d + 9}": round(float(v), 4)
+                                   for d, v in decades.items()}}
+    if "conditioned_age" in table and table["conditioned_age"].std() > 0 and ages.std() > 0:
+        summary["pearson_r_with_conditioned_age"] = round(
+            float(ages.corr(table["conditioned_age"])), 4)
+    return summary
