@@ -137,6 +137,16 @@ def test_group_table_adds_the_shot_columns_averaged_over_seeds(results, tmp_path
     text = write_report(copy, tmp_path / "REPORT.md").read_text()
     assert "| variant | 0-12 | 13-19 | 20-39 | 40-59 | 60+ | many-shot | few-shot |" in text
     assert "| images | 6 | 3 | 10 | 10 | 11 | 30 | 10 |" in text
+    # When the runs disagree on a shot's images (another training set), no count is shown.
+    first = next(copy.glob("heads/*/metrics.json"))
+    summary = json.loads(first.read_text())
+    summary["evaluations"]["test"]["by_shot"][0]["n"] = 25
+    first.write_text(json.dumps(summary))
+    suite = next(s for s in load_results(copy) if s.name == "heads")
+    assert group_table(suite).loc["images", "many-shot"] != group_table(suite).loc[
+        "images", "many-shot"]  # NaN
+    assert "| images | 6 | 3 | 10 | 10 | 11 | varies | 10 |" in write_report(
+        copy, tmp_path / "R2.md").read_text()
 
 
 def test_recipe_log_lists_every_trial_best_first_with_its_changes(results):

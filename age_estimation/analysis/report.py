@@ -139,7 +139,11 @@ def group_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
         shot_order = list(dict.fromkeys(frame["shot"]))
         maes = frame.pivot_table(index="variant", columns="shot", values="mae", aggfunc="mean")
         table = table.join(maes.reindex(columns=shot_order))
-        table.loc["images", shot_order] = frame.groupby("shot")["n"].max().reindex(shot_order)
+        # A shot's images depend on the training set (DATA.FRACTION changes them): a count
+        # only where every run agrees.
+        counts = frame.groupby("shot")["n"].agg(lambda n: n.iloc[0] if n.nunique() == 1
+                                                 else math.nan)
+        table.loc["images", shot_order] = counts.reindex(shot_order)
     return table
 
 
@@ -150,7 +154,7 @@ def _group_markdown(table: pd.DataFrame, baseline: str) -> list[str]:
              "|" + " --- |" * (len(table.columns) + 1)]
     for variant, row in table.iterrows():
         if variant == "images":
-            cells = [f"{int(v)}" for v in row]
+            cells = [f"{int(v)}" if math.isfinite(v) else "varies" for v in row]
         else:
             cells = [f"{v:.2f}" if math.isfinite(v) else "—" for v in row]
         name = f"**{variant}**" if variant == baseline else variant
