@@ -149,10 +149,13 @@ def test_a_bad_suite_is_refused_naming_the_file_and_the_problem(tmp_path, fields
 def test_the_shipped_suites_load_with_at_least_three_seeds():
     paths = sorted((REPO / "configs" / "suites").glob("*.yaml"))
     assert {p.stem for p in paths} >= {"formulation", "backbone", "augmentation", "less_data",
-                                       "ensembling"}
+                                       "ensembling", "synthetic", "recipes"}
     for path in paths:
         suite = load_suite(path)
-        assert len(suite.seeds) >= 3 and suite.question and suite.budget, path
+        assert suite.question and suite.budget, path
+        # Comparisons on the test split need 3 seeds; a recipe search (valid split only) tries
+        # many recipes once each and claims nothing on the test split.
+        assert len(suite.seeds) >= (1 if suite.split == "valid" else 3), path
         assert any(run.variant == suite.baseline for run in suite.runs())
 
 
