@@ -27,8 +27,10 @@ _C.DATA.FRACTION = 1.0
 _C.DATA.CACHE_DIR = ""
 # What to do with an image that cannot be decoded: skip (counted and logged) | error.
 _C.DATA.ON_BAD_IMAGE = "skip"
-# DataLoader worker processes (0 = load in the main process).
-_C.DATA.NUM_WORKERS = 2
+# DataLoader worker processes (0 = load in the main process); -1 = auto: 0 when training on the
+# CPU (the model's threads already use every core, and workers competing with them made the loop
+# slower: scripts/bench_train.py), min(8, cores) with a GPU.
+_C.DATA.NUM_WORKERS = -1
 
 # Synthetic faces mixed into training batches (scripts/synthesize.py output); never validated on.
 _C.DATA.SYNTHETIC = CN()

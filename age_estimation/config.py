@@ -67,6 +67,9 @@ def validate(cfg: CfgNode) -> None:
     if cfg.AUG.MIXUP_ALPHA > 0 and cfg.MODEL.FDS.ENABLED:
         raise ConfigError("AUG.MIXUP_ALPHA > 0 cannot be combined with MODEL.FDS.ENABLED: FDS "
                           "smooths features per age, and a mixed image has two")
+    if cfg.DATA.NUM_WORKERS < -1:
+        raise ConfigError(f"DATA.NUM_WORKERS = {cfg.DATA.NUM_WORKERS}: expected -1 (auto), 0 (load "
+                          f"in the training process) or a number of worker processes")
     if not 0.0 <= cfg.MODEL.DROPOUT < 1.0:
         raise ConfigError(f"MODEL.DROPOUT = {cfg.MODEL.DROPOUT}: expected a value in [0, 1)")
     from age_estimation.data.perturbations import parse_perturb_range

@@ -7,8 +7,11 @@
 The baseline is written in the style of the original yu4u/age-estimation-pytorch code: a
 Dataset that cv2.imread's and resizes each JPEG for every sample, float32 normalised
 channels-first tensors, no cache, no autocast. Both loops use the same backbone, resolution,
-batch size, head (DEX), optimizer (AdamW) and DataLoader workers, on the UTKFace train split.
-Images/s counts the whole loop, data loading included, after `--warmup` steps.
+batch size, head (DEX) and optimizer (AdamW), on the UTKFace train split; each loads its data
+its own way: the naive loop with `--naive-workers` DataLoader workers (default 2: it decodes
+JPEGs, and with fewer it is slower), train.py's loop with DATA.NUM_WORKERS (default auto: in
+process on the CPU; `--workers` overrides). Images/s counts the whole loop, data loading
+included, after `--warmup` steps.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from age_estimation.config import load_config  # noqa: E402
+from age_estimation.data.build import loader_workers  # noqa: E402
 from age_estimation.data.datasets import default_data_dir, read_dataset  # noqa: E402
 from age_estimation.engine.trainer import Trainer  # noqa: E402
 from age_estimation.models.model import AgeModel  # noqa: E402
@@ -53,12 +57,12 @@ class NaiveJPEGDataset(Dataset):
         return torch.from_numpy(image.transpose(2, 0, 1).copy()), np.float32(self.ages[index])
 
 
-def bench_naive(cfg, steps: int, warmup: int) -> float:
+def bench_naive(cfg, steps: int, warmup: int, workers: int) -> float:
     records = read_dataset("utkface", str(default_data_dir() / "utkface"), "train")
     dataset = NaiveJPEGDataset([r.path for r in records], [r.age for r in records],
                                cfg.MODEL.IMG_SIZE)
     loader = DataLoader(dataset, batch_size=cfg.TRAIN.BATCH_SIZE, shuffle=True,
-                        num_workers=cfg.DATA.NUM_WORKERS, drop_last=True)
+                        num_workers=workers, drop_last=True)
     torch.manual_seed(0)
     model = AgeModel(cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.TRAIN.LR)
@@ -139,7 +143,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=-1,
+                        help="train.py loop's DATA.NUM_WORKERS (default -1: auto)")
+    parser.add_argument("--naive-workers", type=int, default=2)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--backbones", nargs="*", default=[])
     args = parser.parse_args()
@@ -149,11 +155,13 @@ def main() -> None:
         "OUTPUT_DIR", "/tmp/age_estimation_bench_train", "MODEL.DROPOUT", "0.0"])
     print(f"command: {' '.join(sys.argv)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.backbone} at "
-          f"{args.size} px, batch {args.batch}, {args.workers} workers, {args.steps} timed steps")
-    naive = bench_naive(cfg, args.steps, args.warmup)
+          f"{args.size} px, batch {args.batch}, {args.steps} timed steps")
+    naive = bench_naive(cfg, args.steps, args.warmup, args.naive_workers)
     ours = bench_toolkit(cfg, args.steps)
-    print(f"naive loop (per-sample JPEG decode, fp32, NCHW): {naive:8.1f} images/s")
-    print(f"train.py loop (cache, bf16 autocast, NHWC):     {ours:8.1f} images/s")
+    print(f"naive loop (per-sample JPEG decode, fp32, NCHW, {args.naive_workers} workers): "
+          f"{naive:8.1f} images/s")
+    print(f"train.py loop (cache, bf16 autocast, NHWC, {loader_workers(cfg)} workers):  "
+          f"{ours:8.1f} images/s")
     print(f"speed-up: {ours / naive:.2f}x")
     if args.backbones:
         rows = [backbone_cost(cfg, name, args.batch) for name in args.backbones]

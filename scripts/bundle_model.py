@@ -1,14 +1,15 @@
 """Bundle a trained checkpoint as the demo's model and fill in its model card.
 
     python scripts/bundle_model.py RUN/best.pth [--out models/age_model.pth]
-        [--test_json RUN/predictions_test.json] [--command "python train.py ..."]
+        [--test_json RUN/predictions_test.json] [--cross_dataset_json RUN/predictions_fgnet.json]
+        [--command "python train.py ..."]
 
 Keeps only what inference needs: fp16 weights (a ResNet-18 stays under 25 MB), the config text
 and metadata (source checkpoint, epoch, valid MAE, training wall time from the run's
-metrics.csv, test metrics from a test.py JSON). The file loads with
-`engine.checkpoint.load_model` (weights_only=True). The card (default: README.md next to the
-output) is filled in from the bundled file itself; its `<!-- field -->` markers stay, so
-re-bundling refreshes it.
+metrics.csv, metrics from test.py JSON summaries in domain and on another dataset). The file
+loads with `engine.checkpoint.load_model` (weights_only=True). The card (default: README.md
+next to the output) is filled in from the bundled file itself; its `<!-- field -->` markers
+stay, so re-bundling refreshes it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="training checkpoint (.pth) or run folder")
     parser.add_argument("--out", default=str(REPO / "models" / "age_model.pth"))
     parser.add_argument("--test_json", default="", help="test.py summary JSON of this model")
+    parser.add_argument("--cross_dataset_json", default="",
+                        help="test.py summary JSON of this model on another dataset (FG-NET)")
     parser.add_argument("--command", default="", help="the training command, for the card")
     parser.add_argument("--card", default="",
                         help="model card to fill in (default: README.md next to --out); "
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     try:
-        meta = bundle_checkpoint(args.checkpoint, out, args.test_json or None, args.command)
+        meta = bundle_checkpoint(args.checkpoint, out, args.test_json or None, args.command,
+                                 args.cross_dataset_json or None)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -48,6 +48,7 @@ def test_wrong_type_names_the_key():
     ("MODEL.DROPOUT", "1.0", r"MODEL\.DROPOUT"),
     ("TRAIN.EMA_DECAY", "1.0", r"TRAIN\.EMA_DECAY = 1\.0"),
     ("AUG.MIXUP_ALPHA", "-0.2", r"AUG\.MIXUP_ALPHA = -0\.2"),
+    ("DATA.NUM_WORKERS", "-2", r"DATA\.NUM_WORKERS = -2: expected -1 \(auto\)"),
 ])
 def test_bad_values_name_the_key(key, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -101,3 +102,16 @@ def test_base_file_is_merged_first(tmp_path):
 def test_shipped_formulation_configs_select_their_head():
     heads = {load_config(str(p)).MODEL.HEAD for p in (REPO / "configs").glob("utkface_*.yaml")}
     assert heads == {"l1", "l2", "dex", "residual_dex", "ordinal", "gaussian", "laplace"}
+
+
+def test_auto_loader_workers_load_in_process_on_the_cpu(monkeypatch):
+    from age_estimation.data.build import loader_workers
+
+    cfg = load_config(None, [])
+    assert cfg.DATA.NUM_WORKERS == -1  # the default is auto
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert loader_workers(cfg) == 0  # CPU training: no workers competing with the step
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert loader_workers(cfg) == 8
+    assert loader_workers(load_config(None, ["DATA.NUM_WORKERS", "3"])) == 3  # explicit wins

@@ -128,15 +128,22 @@ def test_bundle_is_small_loads_safely_and_fills_the_card(checkpoint, crops, tmp_
         "epoch,train_loss,valid_mae,lr,epoch_seconds,images_per_s\n"
         "1,4.0,11.0,0.002,1800.0,100\n2,3.5,9.0,0.001,1800.0,100\n3,3.4,8.0,0.0,900.0,100\n")
     test_json = run_dir / "predictions_test.json"
-    summary = {"n": 3000, "mae": 5.4321, "cs5": 0.61,
+    summary = {"n": 3000, "mae": 5.4321, "cs5": 0.61, "mae_ci": [5.21, 5.65],
+               "by_group": [{"group": "0-12", "n": 400, "mae": 2.5, "bias": 1.8},
+                            {"group": "60+", "n": 300, "mae": 9.61, "bias": -6.8}],
                "inference": {"checkpoints": [str(source)], "split": "test",
                              "data": "utkface:", "tta": ["identity"]}}
     test_json.write_text(json.dumps(summary))
+    fgnet_json = run_dir / "predictions_fgnet.json"
+    fgnet_json.write_text(json.dumps({
+        "n": 505, "mae": 6.789, "cs5": 0.48, "mae_ci": [6.1, 7.2],
+        "inference": {"checkpoints": [str(source)], "split": "all", "data": "fgnet:F",
+                      "tta": ["identity"]}}))
     card = tmp_path / "README.md"
     card.write_text((REPO / "models" / "README.md").read_text())
     bundle = tmp_path / "age_model.pth"
     assert bundle_model([str(source), "--out", str(bundle), "--test_json", str(test_json),
-                         "--card", str(card)]) == 0
+                         "--cross_dataset_json", str(fgnet_json), "--card", str(card)]) == 0
 
     assert bundle.stat().st_size <= 25e6
     state = load_checkpoint(bundle)  # weights_only=True
@@ -150,19 +157,30 @@ def test_bundle_is_small_loads_safely_and_fills_the_card(checkpoint, crops, tmp_
 
     text = card.read_text()
     assert "not bundled yet" not in text
-    assert "MAE 5.43 years" in text and "on 3000 images" in text
+    assert "MAE 5.43 years (95 % bootstrap CI 5.21–5.65)" in text and "on 3000 images" in text
+    assert "| 60+ | 300 | 9.61 | -6.80 |" in text  # the by-age-group table
+    assert "MAE 6.79 years (95 % bootstrap CI 6.10–7.20), CS@5 0.480 on 505 images" in text
     assert "1.00 h (3600 s" in text  # epochs 1-2 of metrics.csv
     assert "best valid MAE 12.50" in text and f"IMG_SIZE: {IMG_SIZE}" in text
     # Re-bundling refills the same markers instead of appending.
     assert bundle_model([str(source), "--out", str(bundle), "--card", str(card)]) == 0
     refilled = card.read_text()
     assert refilled.count("<!-- test -->") == 1 and "not evaluated" in refilled
+    assert "6.79" not in refilled and "9.61" not in refilled  # no stale numbers survive
 
     # A test summary of another checkpoint is refused: its MAE would land on this card.
     summary["inference"]["checkpoints"] = [str(run_dir / "last.pth")]
     test_json.write_text(json.dumps(summary))
     assert bundle_model([str(source), "--out", str(tmp_path / "y.pth"), "--card", "none",
                          "--test_json", str(test_json)]) == 2
+    # ... and so is a cross-dataset summary of another checkpoint.
+    summary["inference"]["checkpoints"] = [str(source)]
+    test_json.write_text(json.dumps(summary))
+    fgnet_json.write_text(json.dumps({"n": 5, "mae": 1.0, "inference": {
+        "checkpoints": [str(tmp_path / "other.pth")]}}))
+    assert bundle_model([str(source), "--out", str(tmp_path / "y.pth"), "--card", "none",
+                         "--test_json", str(test_json), "--cross_dataset_json",
+                         str(fgnet_json)]) == 2
 
     too_big = [str(source), "--out", str(tmp_path / "x.pth"), "--card", "none", "--max_mb", "1"]
     assert bundle_model(too_big) == 1 and not (tmp_path / "x.pth").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,15 @@ class AgeDataset(Dataset):
         }
 
 
+def loader_workers(cfg: CfgNode) -> int:
+    """DATA.NUM_WORKERS with -1 (auto) resolved: 0 on the CPU, where the training step's
+    threads already occupy every core and workers would compete with them (measured by
+    scripts/bench_train.py), min(8, cores) when a GPU does the compute."""
+    if cfg.DATA.NUM_WORKERS >= 0:
+        return cfg.DATA.NUM_WORKERS
+    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+
+
 def resolve_root(dataset: str, root: str) -> str:
     """DATA.ROOT, or the dataset's folder under the shared data directory when empty."""
     return root or str(default_data_dir() / dataset)
@@ -96,7 +106,8 @@ def load_split(cfg: CfgNode, split: str, dataset: str = "", root: str = "") -> t
         raise ValueError(f"{dataset} at {root}: no images in split {split!r}")
     name = f"{dataset}-{Path(root).name}-{split}"
     images, records = build_cache(records, cfg.MODEL.IMG_SIZE, name, cfg.DATA.CACHE_DIR,
-                                  cfg.DATA.ON_BAD_IMAGE, workers=max(1, cfg.DATA.NUM_WORKERS))
+                                  cfg.DATA.ON_BAD_IMAGE,
+                                  workers=max(1, loader_workers(cfg) or os.cpu_count() or 1))
     return records, images
 
 
@@ -175,12 +186,12 @@ def train_loader(cfg: CfgNode, dataset: AgeDataset, epoch: int, start_step: int 
     # torch's global RNG, which dropout uses, and a resumed run's dropout masks would shift.
     generator = torch.Generator().manual_seed(cfg.TRAIN.SEED * 100_003 + epoch)
     return DataLoader(data, batch_sampler=sampler, generator=generator,
-                      num_workers=cfg.DATA.NUM_WORKERS, persistent_workers=False,
+                      num_workers=loader_workers(cfg), persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
 
 
 def eval_loader(cfg: CfgNode, records: list[Record], images: np.ndarray) -> DataLoader:
     # A fixed generator keeps validation from drawing on torch's global RNG (see train_loader).
     return DataLoader(AgeDataset(records, images), batch_size=cfg.TEST.BATCH_SIZE,
-                      shuffle=False, num_workers=cfg.DATA.NUM_WORKERS,
+                      shuffle=False, num_workers=loader_workers(cfg),
                       generator=torch.Generator().manual_seed(0))

@@ -96,10 +96,26 @@ def _check_same_model(summary: dict[str, Any], checkpoint: Path, test_json: str 
                          f"{checkpoint}: bundle the checkpoint that was tested")
 
 
+def _evaluation_meta(test_json: str | Path, checkpoint: Path) -> dict[str, Any]:
+    """What the card reports from one test.py summary of `checkpoint` (refused if it is of
+    another model): size, MAE with its bootstrap CI, CS@5, MAE by age group, provenance."""
+    summary = json.loads(Path(test_json).read_text())
+    _check_same_model(summary, checkpoint, test_json)
+    return {
+        "file": str(test_json),
+        **{k: summary.get(k) for k in ("n", "mae", "mae_ci", "cs5", "by_group")},
+        **{k: summary.get("inference", {}).get(k) for k in ("split", "data", "tta")},
+    }
+
+
 def bundle_checkpoint(checkpoint: str | Path, out: str | Path, test_json: str | Path | None = None,
-                      command: str = "") -> dict[str, Any]:
+                      command: str = "", cross_dataset_json: str | Path | None = None
+                      ) -> dict[str, Any]:
     """Write an inference-only checkpoint: fp16 float weights, the config text and metadata
-    (plain data, so `load_model` reads it with weights_only=True). Returns the metadata."""
+    (plain data, so `load_model` reads it with weights_only=True). Returns the metadata.
+
+    test_json / cross_dataset_json: test.py summaries of this checkpoint on the in-domain test
+    split and on another dataset (e.g. FG-NET), copied into the metadata for the card."""
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     if checkpoint.is_dir():
@@ -116,15 +132,9 @@ def bundle_checkpoint(checkpoint: str | Path, out: str | Path, test_json: str | 
         "torch": str(torch.__version__),  # a TorchVersion object would not load safely
     }
     if test_json:
-        summary = json.loads(Path(test_json).read_text())
-        _check_same_model(summary, checkpoint, test_json)
-        meta["test"] = {
-            "file": str(test_json),
-            "n": summary.get("n"),
-            "mae": summary.get("mae"),
-            "cs5": summary.get("cs5"),
-            **{k: summary.get("inference", {}).get(k) for k in ("split", "data", "tta")},
-        }
+        meta["test"] = _evaluation_meta(test_json, checkpoint)
+    if cross_dataset_json:
+        meta["cross_dataset"] = _evaluation_meta(cross_dataset_json, checkpoint)
     # fp16 halves the file (a ResNet-18 fits in 25 MB); load_model casts back to float32.
     weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     save_checkpoint({"model": weights, "config": state["config"], "meta": meta}, out)
@@ -161,6 +171,25 @@ def _split_counts(cfg_text: str) -> str:
     return " · ".join(f"{name} {counts.get(name, 0):,}" for name in ("train", "valid", "test"))
 
 
+def _evaluation_line(evaluation: dict[str, Any]) -> str:
+    ci = evaluation.get("mae_ci")
+    interval = f" (95 % bootstrap CI {_fmt(ci[0])}–{_fmt(ci[1])})" if ci else ""
+    return (f"MAE {_fmt(evaluation.get('mae'))} years{interval}, CS@5 "
+            f"{_fmt(evaluation.get('cs5'), 3)} on {evaluation.get('n')} images (split "
+            f"`{evaluation.get('split')}`, data `{evaluation.get('data')}`, TTA "
+            f"{evaluation.get('tta')}; from `{evaluation['file']}`)")
+
+
+def _age_group_table(evaluation: dict[str, Any]) -> str:
+    groups = evaluation.get("by_group") or []
+    if not groups:
+        return "not given (the test summary has no `by_group`)"
+    rows = "".join(f"| {g['group']} | {g['n']} | {_fmt(g.get('mae'))} | "
+                   f"{_fmt(g.get('bias'))} |\n" for g in groups)
+    return ("\n\n| age group | images | MAE | bias (pred − age) |\n| --- | ---: | ---: | ---: |\n"
+            f"{rows}\n")
+
+
 def model_card_fields(bundle: str | Path) -> dict[str, str]:
     """The card's field values, all read from a bundled checkpoint (nothing typed by hand)."""
     bundle = Path(bundle)
@@ -170,11 +199,7 @@ def model_card_fields(bundle: str | Path) -> dict[str, str]:
     test = meta.get("test") or {}
     wall = meta.get("train_wall_seconds")
     params = sum(v.numel() for v in state["model"].values() if v.is_floating_point())
-    test_line = "not evaluated (pass --test_json to bundle_model.py)"
-    if test:
-        test_line = (f"MAE {_fmt(test.get('mae'))} years, CS@5 {_fmt(test.get('cs5'), 3)} "
-                     f"on {test.get('n')} images (split `{test.get('split')}`, "
-                     f"data `{test.get('data')}`, TTA {test.get('tta')}; from `{test['file']}`)")
+    cross = meta.get("cross_dataset")
     source = Path(meta.get("source", "RUN/checkpoint.pth"))
     command = meta.get("command") or f"python train.py --cfg {source.parent}/config.yaml"
     return {
@@ -191,7 +216,11 @@ def model_card_fields(bundle: str | Path) -> dict[str, str]:
         "command": f"`{command}`",
         "wall_time": (f"{wall / 3600:.2f} h ({wall:.0f} s, sum of epoch_seconds in "
                       f"metrics.csv)" if wall else "unknown (no metrics.csv next to the source)"),
-        "test": test_line,
+        "test": _evaluation_line(test) if test else "not evaluated (pass --test_json to "
+                                                    "bundle_model.py)",
+        "by_age_group": _age_group_table(test) if test else "not evaluated",
+        "cross_dataset": _evaluation_line(cross) if cross else "not evaluated (pass "
+                                                               "--cross_dataset_json)",
         "config": f"\n```yaml\n{cfg_text.strip()}\n```\n",
     }
 
