@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--cfg", default=str(REPO / "configs/utkface_resnet18_dex.yaml"))
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each loop, alternating; their medians are compared")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=-1,
@@ -156,11 +158,18 @@ def main() -> None:
     print(f"command: {' '.join(sys.argv)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.backbone} at "
           f"{args.size} px, batch {args.batch}, {args.steps} timed steps")
-    naive = bench_naive(cfg, args.steps, args.warmup, args.naive_workers)
-    ours = bench_toolkit(cfg, args.steps)
-    print(f"naive loop (per-sample JPEG decode, fp32, NCHW, {args.naive_workers} workers): "
+    # The two loops alternate, --repeats times each; the medians are compared (single runs on a
+    # shared 2-core machine vary by 5-10 %).
+    naive_runs, our_runs = [], []
+    for _ in range(args.repeats):
+        naive_runs.append(bench_naive(cfg, args.steps, args.warmup, args.naive_workers))
+        our_runs.append(bench_toolkit(cfg, args.steps))
+    naive, ours = float(np.median(naive_runs)), float(np.median(our_runs))
+    print("runs, images/s: naive " + ", ".join(f"{v:.1f}" for v in naive_runs)
+          + "; train.py " + ", ".join(f"{v:.1f}" for v in our_runs))
+    print(f"median, naive loop (per-sample JPEG decode, fp32, NCHW, {args.naive_workers} workers): "
           f"{naive:8.1f} images/s")
-    print(f"train.py loop (cache, bf16 autocast, NHWC, {loader_workers(cfg)} workers):  "
+    print(f"median, train.py loop (cache, bf16 autocast, NHWC, {loader_workers(cfg)} workers):  "
           f"{ours:8.1f} images/s")
     print(f"speed-up: {ours / naive:.2f}x")
     if args.backbones:

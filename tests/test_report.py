@@ -162,16 +162,17 @@ def test_recipe_log_lists_every_trial_best_first_with_its_changes(results):
     by_run = {row.split(" | ")[0][2:]: row.split(" | ") for row in rows}
     assert by_run["head=better__seed=0"][4].startswith("-1.500 (")
     assert by_run["head=better__seed=1"][4].startswith("-3.000 (")
-    assert by_run["head=same__seed=1"][4] == "+0.000 (+0.00, +0.00)"
+    assert by_run["head=same__seed=1"][4] == "+0.000 (+0.000, +0.000)"
     assert by_run["head=dex__seed=0"][4] == ""  # the baseline itself
     assert "valid** split only" in text and "not finished" not in text
     unfinished = dict(suite.info, variants=[*suite.info["variants"], dict(
         suite.info["variants"][0], name="head=new", overrides=["TRAIN.EPOCHS", "9"]), dict(
         suite.info["variants"][0], name="head=file", cfg="/elsewhere/release.yaml",
-        overrides=[])])
+        overrides=[], test_args=["--tta", "flip"])])
     text = recipe_log(type(suite)(suite.name, unfinished, suite.folder, suite.runs))
     assert "| head=new | `TRAIN.EPOCHS 9` | not finished" in text
-    assert "| head=file | `--cfg release.yaml` | not finished" in text  # its own config file
+    # its own config file, and its test.py options as one change
+    assert "| head=file | `--cfg release.yaml`, `--tta flip` | not finished" in text
 
 
 def test_recipes_log_script_writes_the_log_or_names_a_missing_suite(results, tmp_path, capsys):

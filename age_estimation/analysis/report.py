@@ -426,7 +426,8 @@ def _changes(variant: dict[str, Any], protocol: dict[str, Any], base: str = "") 
                 and _repo_path(variant["cfg"]) != _repo_path(base or variant["cfg"]))
     shown = [f"--cfg {Path(variant['cfg']).name}"] if own_file else []
     shown += [f"{k} {v}" for k, v in pairs if str(protocol.get(k)) != v or k not in protocol]
-    shown += variant.get("test_args") or []
+    if variant.get("test_args"):
+        shown.append(" ".join(variant["test_args"]))
     return ", ".join(f"`{c}`" for c in shown) or "(the protocol)"
 
 
@@ -446,7 +447,7 @@ def _paired_valid_diff(suite: SuiteResults, run: dict[str, Any],
     common = errors[0].index.intersection(errors[1].index)
     diff, low, high = bootstrap_diff_ci(errors[0][common].to_numpy(),
                                         errors[1][common].to_numpy(), n_boot=N_BOOT)
-    return f"{diff:+.3f} ({low:+.2f}, {high:+.2f})"
+    return f"{diff:+.3f} ({low:+.3f}, {high:+.3f})"
 
 
 def recipe_log(suite: SuiteResults) -> str:
