@@ -70,6 +70,11 @@ def load_results(results_dir: str | Path) -> list[SuiteResults]:
     return suites
 
 
+def absolute_errors(frame: pd.DataFrame) -> pd.Series:
+    """|pred - age| of a predictions CSV, indexed by image id (for pairing runs)."""
+    return (frame["pred"] - frame["age"]).abs().set_axis(frame["id"])
+
+
 def seed_averaged_errors(suite: SuiteResults, variant: str, evaluation: str) -> pd.DataFrame:
     """Absolute errors of a variant's runs: one column per seed, rows = images (by id) that
     every seed predicted."""
@@ -79,7 +84,7 @@ def seed_averaged_errors(suite: SuiteResults, variant: str, evaluation: str) -> 
             continue
         frame = suite.predictions(run, evaluation)
         if frame is not None:
-            columns[run["seed"]] = (frame["pred"] - frame["age"]).abs().set_axis(frame["id"])
+            columns[run["seed"]] = absolute_errors(frame)
     return pd.DataFrame(columns).dropna() if columns else pd.DataFrame()
 
 
@@ -443,7 +448,7 @@ def _paired_valid_diff(suite: SuiteResults, run: dict[str, Any],
         frame = suite.predictions(which, "valid")
         if frame is None:
             return ""
-        errors.append((frame["pred"] - frame["age"]).abs().set_axis(frame["id"]))
+        errors.append(absolute_errors(frame))
     common = errors[0].index.intersection(errors[1].index)
     diff, low, high = bootstrap_diff_ci(errors[0][common].to_numpy(),
                                         errors[1][common].to_numpy(), n_boot=N_BOOT)
