@@ -16,7 +16,8 @@ flip; also what a bare --tta means), zoom (identity, zoom_in, zoom_out), all (th
 comma-separated list of view names, e.g. --tta identity,zoom_in.
 Every source of several predictions per image (views, MC-Dropout samples, ensemble members) is
 combined as an equal-weight mixture: std_epistemic is the spread of the members' means,
-std_aleatoric the mean of the heads' own stds (NaN for l1/l2), std the total.
+std_aleatoric the mean of the heads' own stds (NaN for l1/l2), std the total. Ensemble members
+may differ in MODEL.IMG_SIZE: each sees the images cached at its own size.
 """
 
 import argparse
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
     from age_estimation.data.perturbations import parse_perturb, perturb_images
     from age_estimation.engine.evaluation import (
         adapt_to_target,
+        combine_frames,
         predict_attributes,
         predict_records,
     )
@@ -102,9 +104,10 @@ def main(argv=None) -> int:
         loaded = [load_model(p) for p in [args.resume, *args.ensemble]]
         models = [model for model, _ in loaded]
         cfg = loaded[0][1].clone()
-        sizes = {c.MODEL.IMG_SIZE for _, c in loaded}
-        if len(sizes) > 1:
-            raise ConfigError(f"ensemble members use different MODEL.IMG_SIZE: {sorted(sizes)}")
+        # Members at other input sizes get their own cache of the images at that size.
+        groups: dict[int, list] = {}
+        for model, member_cfg in loaded:
+            groups.setdefault(member_cfg.MODEL.IMG_SIZE, []).append(model)
         cfg.defrost()
         if args.batch_size:
             cfg.TEST.BATCH_SIZE = args.batch_size
@@ -117,17 +120,25 @@ def main(argv=None) -> int:
         def predict(split: str, dataset: str = "", dataset_root: str = "", target=False):
             """Predict a split; the evaluated target is perturbed and (AdaBN) adapted to, and
             gets the --resume model's attribute predictions (pred_<name>) and accuracy."""
-            torch.manual_seed(args.seed)  # the same MC-Dropout masks on every run
-            records, images = load_split(cfg, split, dataset=dataset, root=dataset_root)
-            if target and perturbation:
-                images = perturb_images(images, *perturbation, seed=args.seed)
-            if target and args.adapt_bn:
-                records, images = adapt_to_target(models, cfg, records, images,
-                                                  args.adapt_split, args.seed, device)
-            frame = predict_records(models, cfg, records, images, views, args.mc_dropout, device)
+            frames = []
+            for size, members in groups.items():  # the --resume model's size first
+                torch.manual_seed(args.seed)  # the same MC-Dropout masks on every run
+                size_cfg = cfg.clone()
+                size_cfg.MODEL.IMG_SIZE = size
+                records, images = load_split(size_cfg, split, dataset=dataset, root=dataset_root)
+                if target and perturbation:
+                    images = perturb_images(images, *perturbation, seed=args.seed)
+                if target and args.adapt_bn:
+                    records, images = adapt_to_target(members, size_cfg, records, images,
+                                                      args.adapt_split, args.seed, device)
+                frames.append(predict_records(members, size_cfg, records, images, views,
+                                              args.mc_dropout, device))
+                if len(frames) == 1:
+                    first = size_cfg, records, images
+            frame = combine_frames(frames, [len(m) for m in groups.values()])
             if not (target and models[0].attributes is not None):
                 return frame, {}
-            columns, accuracy = predict_attributes(models[0], cfg, records, images, device)
+            columns, accuracy = predict_attributes(models[0], *first, device)
             return pd.concat([frame, columns], axis=1), accuracy
 
         # The valid split first: it calibrates the models as trained, before any adaptation.

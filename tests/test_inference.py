@@ -64,6 +64,24 @@ def test_nested_combination_equals_the_flat_mixture():
     assert flat.std_aleatoric.item() == pytest.approx(math.sqrt(9.75))
 
 
+def test_weighted_groups_equal_the_flat_mixture():
+    # e.g. ensemble members at two input sizes: two at one size, one at the other
+    members = [pred(m, a, e) for m, a, e in ((10, 1, 0.5), (14, 2, 1.0), (30, 3, 0.0))]
+    grouped = combine([combine(members[:2]), members[2]], weights=[2, 1])
+    flat = combine(members)
+    for field in ("mean", "std_aleatoric", "std_epistemic"):
+        assert getattr(grouped, field).item() == pytest.approx(getattr(flat, field).item())
+    assert grouped.mean.item() == pytest.approx(18.0)
+    # unweighted, the single member would count as much as the pair: a different mean
+    assert combine([combine(members[:2]), members[2]]).mean.item() == pytest.approx(21.0)
+
+
+@pytest.mark.parametrize("weights", [[1.0], [1.0, -1.0], [0.0, 0.0]])
+def test_combine_refuses_bad_weights(weights):
+    with pytest.raises(ValueError, match="weight"):
+        combine([pred(10, 1), pred(20, 1)], weights=weights)
+
+
 def test_combine_of_heads_without_aleatoric_std():
     out = combine([pred(10, math.nan), pred(16, math.nan)])
     assert math.isnan(out.std_aleatoric.item())

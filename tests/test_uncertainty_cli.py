@@ -73,6 +73,34 @@ def test_tta_mc_dropout_ensemble_and_sigma_scaling(tiny_run):
         assert png.read_bytes()[:4] == b"\x89PNG", suffix
 
 
+def test_ensemble_of_members_at_different_input_sizes(tiny_run, tmp_path):
+    """Each member sees the images at its own MODEL.IMG_SIZE; the mixture weighs every member
+    equally (two 32 px checkpoints and one 40 px one: the mean of the three predictions)."""
+    root = tiny_run.parent
+    other = tmp_path / "run40"
+    run("train.py", "--cfg", str(tiny_run / "config.yaml"), "OUTPUT_DIR", str(other),
+        "MODEL.IMG_SIZE", "40", "TRAIN.SEED", "1")
+    members = [tiny_run / "best.pth", other / "best.pth", tiny_run / "last.pth"]
+    singles = []
+    for i, ckpt in enumerate(members):
+        run("test.py", "--resume", str(ckpt), "--workers", "0", "--out", str(tmp_path / f"{i}.csv"))
+        singles.append(pd.read_csv(tmp_path / f"{i}.csv"))
+    out = tmp_path / "mixed.csv"
+    run("test.py", "--resume", str(members[0]), "--ensemble", *map(str, members[1:]),
+        "--workers", "0", "--out", str(out))
+    mixed = pd.read_csv(out)
+    assert mixed["id"].tolist() == singles[0]["id"].tolist()
+    means = np.stack([s["pred"].to_numpy() for s in singles])
+    assert np.allclose(mixed["pred"], means.mean(axis=0), atol=1e-3)
+    assert np.allclose(mixed["std_epistemic"], means.std(axis=0), atol=1e-3)
+    aleatoric = np.stack([s["std_aleatoric"].to_numpy() for s in singles])
+    assert np.allclose(mixed["std_aleatoric"], np.sqrt((aleatoric ** 2).mean(axis=0)), atol=1e-3)
+    assert not np.allclose(singles[1]["pred"], singles[0]["pred"], atol=1e-2)
+    # the test split was cached at both sizes
+    sizes = {p.name.split("_")[1] for p in (root / "cache").glob("*-test_*.json")}
+    assert sizes >= {"32px", "40px"}
+
+
 def test_bad_inference_options_exit_with_a_message(tiny_run, capsys):
     # In process (the options are refused before any model loads): `test` is a stdlib name.
     spec = importlib.util.spec_from_file_location("test_cli", REPO / "test.py")

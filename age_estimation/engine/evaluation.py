@@ -14,8 +14,9 @@ from yacs.config import CfgNode
 from age_estimation.data.build import AgeDataset, eval_loader
 from age_estimation.data.records import Record
 from age_estimation.engine.adabn import adapt_batchnorm, adaptation_split
-from age_estimation.engine.inference import predict_attribute_logits, predict_loader
+from age_estimation.engine.inference import combine, predict_attribute_logits, predict_loader
 from age_estimation.models.attributes import attribute_accuracy, encode_attributes
+from age_estimation.models.heads import Prediction
 from age_estimation.models.model import AgeModel
 
 
@@ -40,6 +41,23 @@ def predict_records(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[
     loader = eval_loader(cfg, list(records), images)
     outputs = predict_loader(models, loader, views, mc_samples, amp=cfg.TRAIN.AMP, device=device)
     return predictions_frame(records, outputs)
+
+
+def combine_frames(frames: Sequence[pd.DataFrame], weights: Sequence[float]) -> pd.DataFrame:
+    """One predictions frame from several of the same images (e.g. ensemble members at their
+    own input sizes, each frame the mixture of `weights[i]` members), through `combine`."""
+    ids = frames[0]["id"].tolist()
+    for frame in frames[1:]:
+        if frame["id"].tolist() != ids:
+            raise ValueError("predictions to combine cover different images (a member's cache "
+                             "skipped or reordered some); expected the same ids in one order")
+    prediction = combine([Prediction(*(torch.as_tensor(f[k].to_numpy(np.float64)) for k in (
+        "pred", "std_aleatoric", "std_epistemic"))) for f in frames], weights)
+    out = frames[0].copy()
+    out["pred"], out["std"] = prediction.mean.numpy(), prediction.std.numpy()
+    out["std_aleatoric"] = prediction.std_aleatoric.numpy()
+    out["std_epistemic"] = prediction.std_epistemic.numpy()
+    return out
 
 
 def adapt_to_target(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[Record],

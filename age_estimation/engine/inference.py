@@ -15,20 +15,29 @@ from age_estimation.models.heads import Prediction
 from age_estimation.models.model import AgeModel
 
 
-def combine(members: Sequence[Prediction]) -> Prediction:
-    """Equal-weight mixture of member distributions (law of total variance):
-    mean = mean of means; aleatoric var = mean of member aleatoric vars (NaN if members have
-    none); epistemic var = variance of member means + mean of member epistemic vars (so nested
-    combinations, e.g. an ensemble of TTA'd models, add up correctly)."""
+def combine(members: Sequence[Prediction], weights: Sequence[float] | None = None) -> Prediction:
+    """Mixture of member distributions (law of total variance), equal-weight unless `weights`
+    (normalised to sum 1) are given: mean = weighted mean of means; aleatoric var = weighted
+    mean of member aleatoric vars (NaN if members have none); epistemic var = weighted variance
+    of member means + weighted mean of member epistemic vars (so nested combinations, e.g. an
+    ensemble of TTA'd models, or groups of members weighted by their size, add up correctly)."""
     if not members:
         raise ValueError("combine() needs at least one member")
+    if weights is not None and (len(weights) != len(members) or min(weights) < 0
+                                or sum(weights) <= 0):
+        raise ValueError(f"combine(): {len(weights)} weights for {len(members)} members; "
+                         f"expected one non-negative weight per member, not all zero")
     if len(members) == 1:
         return members[0]
     means = torch.stack([m.mean for m in members])
-    aleatoric_var = torch.stack([m.std_aleatoric for m in members]).square().mean(dim=0)
-    inner_epistemic_var = torch.stack([m.std_epistemic for m in members]).square().mean(dim=0)
-    epistemic_var = means.var(dim=0, unbiased=False) + inner_epistemic_var
-    return Prediction(means.mean(dim=0), aleatoric_var.sqrt(), epistemic_var.sqrt())
+    w = torch.full((len(members),), 1.0 / len(members)) if weights is None else (
+        torch.as_tensor(weights, dtype=torch.float64) / sum(weights)).float()
+    w = w.to(means).view(-1, *[1] * (means.dim() - 1))
+    mean = (w * means).sum(dim=0)
+    aleatoric_var = (w * torch.stack([m.std_aleatoric for m in members]).square()).sum(dim=0)
+    inner_epistemic_var = (w * torch.stack([m.std_epistemic for m in members]).square()).sum(dim=0)
+    epistemic_var = (w * (means - mean).square()).sum(dim=0) + inner_epistemic_var
+    return Prediction(mean, aleatoric_var.sqrt(), epistemic_var.sqrt())
 
 
 def _zoom(images: Tensor, scale: float) -> Tensor:
