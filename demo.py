@@ -6,6 +6,7 @@
   python demo.py --video clip.mp4 --output_dir out/ --max_frames 100
   python demo.py --webcam 0
   python demo.py --onnx age_model.onnx --image a.jpg  # onnxruntime, no torch
+  python demo.py --resume A.pth --ensemble B.pth       # an ensemble of checkpoints
 
 Faces are found with dlib (HOG or CNN), aligned like the UTKFace training crops and sent through
 the model in one batch per image; each face gets "age ± std" (std: the model's predictive
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--resume", metavar="CKPT",
                        help=f"checkpoint or bundled model (default: {DEFAULT_MODEL})")
     model.add_argument("--onnx", metavar="F", help="run an ONNX export with onnxruntime instead")
+    parser.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
+                        help="more checkpoints whose predictions are combined with --resume's "
+                             "(or the bundled model's); members may differ in input size")
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog",
                         help="dlib face detector: hog (fast, frontal) or cnn (slow, more pose)")
     # 0 by default: on FG-NET photos (every 4th of 505) it finds as many faces as 1 at half the
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = image_files(args.img_dir)
             if not paths:
                 print(f"no image files in {args.img_dir}", file=sys.stderr)
-        model = load_age_model(args.resume, args.onnx, args.tta)
+        model = load_age_model(args.resume, args.onnx, args.tta, args.ensemble)
         estimator = AgeEstimator(model, args.detector, args.margin, args.fallback,
                                  args.upsample, args.min_score)
     except (SourceError, FileNotFoundError, ValueError, RuntimeError) as err:

@@ -5,8 +5,8 @@ the model's input size) → one batched forward pass for all its faces → FaceA
 can be drawn on the image (`annotate`) or written as JSON (`FrameResult.to_json`).
 
 The model runs either in PyTorch (`TorchAgeModel`, any checkpoint or bundled model, optional
-TTA) or in onnxruntime (`OnnxAgeModel`, an export from scripts/export.py); the ONNX path never
-imports torch.
+TTA, optionally an ensemble) or in onnxruntime (`OnnxAgeModel`, an export from
+scripts/export.py); the ONNX path never imports torch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 import cv2
 import numpy as np
 
-from age_estimation.data.cache import BadImageError, load_image
+from age_estimation.data.cache import BadImageError, load_image, resize_square
 from age_estimation.faces import Face, FaceDetector, letterbox, to_rgb
 
 # The bundled model (scripts/bundle_model.py), used when no checkpoint is named.
@@ -59,23 +59,32 @@ class AgeModelRunner(Protocol):
 
 
 class TorchAgeModel:
-    """A checkpoint (training or bundled) run in PyTorch, with optional test-time views."""
+    """A checkpoint (training or bundled) run in PyTorch, with optional test-time views, or an
+    ensemble of them: faces are cropped at the largest member's input size and resized for the
+    others (as their training cache was), and the members' predictions are combined."""
 
-    def __init__(self, checkpoint: str | Path, tta: str | int | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, tta: str | int | None = None,
+                 ensemble: Sequence[str | Path] = ()) -> None:
         from age_estimation.engine.checkpoint import load_model
         from age_estimation.engine.inference import parse_tta
 
         self.views = parse_tta(tta)
-        self.model, self.cfg = load_model(checkpoint)
-        self.image_size = int(self.cfg.MODEL.IMG_SIZE)
+        loaded = [load_model(path) for path in [checkpoint, *ensemble]]
+        self.members = [(model, int(cfg.MODEL.IMG_SIZE)) for model, cfg in loaded]
+        self.image_size = max(size for _, size in self.members)
 
     def predict(self, crops: np.ndarray) -> Ages:
         import torch
 
-        from age_estimation.engine.inference import predict_batch
+        from age_estimation.engine.inference import combine, predict_batch
 
-        images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
-        prediction = predict_batch(self.model, images, self.views)
+        predictions = []
+        for model, size in self.members:
+            member_crops = crops if size == crops.shape[1] else np.stack(
+                [resize_square(crop, size) for crop in crops])
+            images = torch.from_numpy(np.ascontiguousarray(member_crops)).permute(0, 3, 1, 2)
+            predictions.append(predict_batch(model, images, self.views))
+        prediction = combine(predictions)
         return Ages(*(t.float().numpy() for t in (
             prediction.mean, prediction.std, prediction.std_aleatoric, prediction.std_epistemic)))
 
@@ -106,17 +115,19 @@ class OnnxAgeModel:
 
 
 def load_age_model(checkpoint: str | Path | None = None, onnx: str | Path | None = None,
-                   tta: str | int | None = None) -> AgeModelRunner:
+                   tta: str | int | None = None,
+                   ensemble: Sequence[str | Path] = ()) -> AgeModelRunner:
     """An ONNX export via onnxruntime (torch never imported), else a PyTorch checkpoint
-    (default: the bundled model)."""
+    (default: the bundled model), alone or with more `ensemble` checkpoints."""
     if onnx:
-        if tta:
-            raise ValueError("test-time views (--tta) need the PyTorch model, not --onnx")
+        if tta or ensemble:
+            raise ValueError("test-time views (--tta) and --ensemble need the PyTorch model, "
+                             "not --onnx")
         return OnnxAgeModel(onnx)
     if checkpoint is None and not DEFAULT_MODEL.is_file():
         raise FileNotFoundError(f"no bundled model at {DEFAULT_MODEL}: pass a checkpoint "
                                 f"(--resume), or create it with scripts/bundle_model.py CKPT")
-    return TorchAgeModel(checkpoint or DEFAULT_MODEL, tta)
+    return TorchAgeModel(checkpoint or DEFAULT_MODEL, tta, ensemble)
 
 
 # ------------------------------------------------------------------------------ results

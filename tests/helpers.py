@@ -41,10 +41,10 @@ def write_csv_dataset(root: Path, splits: dict[str, int], size: int = 48, seed: 
     return root / "labels.csv"
 
 
-def write_checkpoint(path: Path, head: str = "dex") -> Path:
+def write_checkpoint(path: Path, head: str = "dex", size: int = IMG_SIZE, seed: int = 0) -> Path:
     """A ResNet-18 checkpoint in the trainer's format (model, config, epoch, best_mae)."""
-    cfg = load_config(str(CONFIG), ["MODEL.IMG_SIZE", str(IMG_SIZE), "MODEL.HEAD", head])
-    torch.manual_seed(0)
+    cfg = load_config(str(CONFIG), ["MODEL.IMG_SIZE", str(size), "MODEL.HEAD", head])
+    torch.manual_seed(seed)
     model = AgeModel(cfg)
     # Default init gives a near-uniform softmax (every face ~50 years): spread the head's
     # weights so the outputs depend on the image and a parity test can tell images apart.

@@ -17,7 +17,8 @@ from skimage import data
 
 import demo
 from age_estimation import faces
-from age_estimation.pipeline import FaceAge
+from age_estimation.data.cache import resize_square
+from age_estimation.pipeline import FaceAge, load_age_model
 
 # The astronaut's face in skimage.data.astronaut() (512x512): roughly x 180-265, y 80-170.
 FACE_CENTRE = (222, 125)
@@ -143,6 +144,30 @@ def test_missing_model_and_bad_options_are_clear_errors(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
     assert demo.main(["--onnx", str(tmp_path / "nope.onnx"), "--tta", "flip"]) == 2
     assert "--tta" in capsys.readouterr().err
+
+
+def test_ensemble_of_two_input_sizes_averages_its_members(checkpoint, astronaut, tmp_path,
+                                                          capsys):
+    """Crops come at the larger member's size and are resized (like the training cache) for the
+    smaller one; the result is the mixture of the members' predictions."""
+    larger = write_checkpoint(tmp_path / "larger.pth", size=80, seed=1)
+    ensemble = load_age_model(str(checkpoint), ensemble=[str(larger)])
+    assert ensemble.image_size == 80
+    crops = np.random.default_rng(0).integers(0, 256, (3, 80, 80, 3), dtype=np.uint8)
+    small = load_age_model(str(checkpoint)).predict(
+        np.stack([resize_square(c, 64) for c in crops]))
+    large = load_age_model(str(larger)).predict(crops)
+    mixed = ensemble.predict(crops)
+    assert np.allclose(mixed.mean, (small.mean + large.mean) / 2, atol=1e-3)
+    assert np.allclose(mixed.std_epistemic, np.abs(small.mean - large.mean) / 2, atol=1e-3)
+    assert not np.allclose(small.mean, large.mean, atol=0.1)  # two different members
+    out = tmp_path / "ages.json"
+    assert demo.main(["--image", str(write_bgr(tmp_path / "a.png", astronaut)), "--resume",
+                      str(checkpoint), "--ensemble", str(larger), "--json", str(out)]) == 0
+    (face,) = json.loads(out.read_text())[0]["faces"]
+    assert face["std_epistemic"] > 0  # the members disagree
+    assert demo.main(["--onnx", str(tmp_path / "nope.onnx"), "--ensemble", str(larger)]) == 2
+    assert "--ensemble need the PyTorch model" in capsys.readouterr().err
 
 
 def test_face_without_a_spread_is_labelled_and_written_as_null():
