@@ -3,6 +3,8 @@
     python scripts/bundle_model.py RUN/best.pth [--out models/age_model.pth]
         [--test_json RUN/predictions_test.json] [--cross_dataset_json RUN/predictions_fgnet.json]
         [--command "python train.py ..."]
+    python scripts/bundle_model.py --members models/ensemble/a.pth models/ensemble/b.pth ...
+        [--test_json ENSEMBLE_test.json] [--cross_dataset_json ENSEMBLE_fgnet.json]
 
 Keeps only what inference needs: fp16 weights (a ResNet-18 stays under 25 MB), the config text
 and metadata (source checkpoint, epoch, valid MAE, training wall time from the run's
@@ -10,6 +12,10 @@ metrics.csv, metrics from test.py JSON summaries in domain and on another datase
 loads with `engine.checkpoint.load_model` (weights_only=True). The card (default: README.md
 next to the output) is filled in from the bundled file itself; its `<!-- field -->` markers
 stay, so re-bundling refreshes it.
+
+With --members, nothing is bundled: the card of an ensemble of already bundled models (default:
+README.md next to the first) gets a table of its members and the ensemble's own test.py
+summaries (`test.py --resume a.pth --ensemble b.pth ...` on exactly these files).
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="training checkpoint (.pth) or run folder")
+    parser.add_argument("checkpoint", nargs="?", help="training checkpoint (.pth) or run folder")
+    parser.add_argument("--members", nargs="+", default=[], metavar="BUNDLE",
+                        help="fill in the card of an ensemble of these bundled models instead")
     parser.add_argument("--out", default=str(REPO / "models" / "age_model.pth"))
     parser.add_argument("--test_json", default="", help="test.py summary JSON of this model")
     parser.add_argument("--cross_dataset_json", default="",
@@ -45,8 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     from age_estimation.engine.checkpoint import CheckpointError
-    from age_estimation.engine.deploy import bundle_checkpoint, fill_model_card, model_card_fields
+    from age_estimation.engine.deploy import (
+        bundle_checkpoint,
+        ensemble_card_fields,
+        fill_model_card,
+        model_card_fields,
+    )
 
+    if args.members or not args.checkpoint:
+        if not args.members or args.checkpoint:
+            print("error: give a checkpoint to bundle or --members, not both or neither",
+                  file=sys.stderr)
+            return 2
+        card = Path(args.card) if args.card else Path(args.members[0]).parent / "README.md"
+        try:
+            if not card.is_file():
+                raise FileNotFoundError(f"no model card template at {card}")
+            fields = ensemble_card_fields(args.members, args.test_json or None,
+                                          args.cross_dataset_json or None)
+        except (CheckpointError, FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        card.write_text(fill_model_card(card.read_text(), fields))
+        print(f"filled in {card}")
+        return 0
     out = Path(args.out)
     try:
         meta = bundle_checkpoint(args.checkpoint, out, args.test_json or None, args.command,

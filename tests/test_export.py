@@ -184,3 +184,36 @@ def test_bundle_is_small_loads_safely_and_fills_the_card(checkpoint, crops, tmp_
 
     too_big = [str(source), "--out", str(tmp_path / "x.pth"), "--card", "none", "--max_mb", "1"]
     assert bundle_model(too_big) == 1 and not (tmp_path / "x.pth").exists()
+
+
+def test_ensemble_card_lists_members_and_refuses_a_summary_of_other_models(checkpoint, tmp_path):
+    members = []
+    for name, size in (("a", IMG_SIZE), ("b", 80)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        source = write_checkpoint(run_dir / "best.pth", size=size, seed=len(members))
+        members.append(tmp_path / f"{name}.pth")
+        assert bundle_model([str(source), "--out", str(members[-1]), "--card", "none",
+                             "--command", f"python train.py --cfg {name}.yaml"]) == 0
+    template = "".join(f"<!-- {f} -->?<!-- /{f} -->\n" for f in (
+        "members", "files", "usage", "test", "by_age_group", "cross_dataset"))
+    card = tmp_path / "README.md"
+    card.write_text(template)
+    test_json = tmp_path / "ensemble_test.json"
+    summary = {"n": 3000, "mae": 4.8765, "cs5": 0.66, "mae_ci": [4.7, 5.05],
+               "by_group": [{"group": "60+", "n": 300, "mae": 8.5, "bias": -6.0}],
+               "inference": {"checkpoints": [str(m) for m in reversed(members)],
+                             "split": "test", "data": "utkface:", "tta": ["identity", "flip"]}}
+    test_json.write_text(json.dumps(summary))
+    assert bundle_model(["--members", *map(str, members), "--test_json", str(test_json)]) == 0
+    text = card.read_text()
+    assert "| `a.pth` |" in text and "| `b.pth` |" in text
+    assert "input uint8 RGB 80x80" in text and "`python train.py --cfg b.yaml`" in text
+    assert "2 files," in text and f"--resume {members[0]} --ensemble {members[1]}`" in text
+    assert "MAE 4.88 years (95 % bootstrap CI 4.70–5.05)" in text
+    assert "| 60+ | 300 | 8.50 | -6.00 |" in text and "not evaluated (pass --cross" in text
+    # A summary of one member alone (or of other models) is refused: not the ensemble's numbers.
+    summary["inference"]["checkpoints"] = [str(members[0])]
+    test_json.write_text(json.dumps(summary))
+    assert bundle_model(["--members", *map(str, members), "--test_json", str(test_json)]) == 2
+    assert bundle_model([str(members[0]), "--members", str(members[1])]) == 2

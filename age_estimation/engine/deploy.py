@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,23 +85,25 @@ def _run_wall_seconds(run_dir: Path, epochs: int) -> float | None:
     return sum(float(r["epoch_seconds"]) for r in rows) if rows else None
 
 
-def _check_same_model(summary: dict[str, Any], checkpoint: Path, test_json: str | Path) -> None:
-    """Refuse a test.py summary of another model (or an ensemble): its numbers would end up on
-    this model's card."""
+def _check_same_model(summary: dict[str, Any], checkpoints: Sequence[Path],
+                      test_json: str | Path) -> None:
+    """Refuse a test.py summary of another model (or of another ensemble, or of one member):
+    its numbers would end up on this card."""
     evaluated = summary.get("inference", {}).get("checkpoints")
     if evaluated is None:  # a summary without provenance: nothing to check
         return
     paths = [Path(p) / "last.pth" if Path(p).is_dir() else Path(p) for p in evaluated]
-    if [p.resolve() for p in paths] != [checkpoint.resolve()]:
+    # The mixture does not depend on the members' order, only on which (and how many) they are.
+    if sorted(p.resolve() for p in paths) != sorted(c.resolve() for c in checkpoints):
         raise ValueError(f"{test_json} evaluated {', '.join(map(str, evaluated))}, not "
-                         f"{checkpoint}: bundle the checkpoint that was tested")
+                         f"{', '.join(map(str, checkpoints))}: bundle what was tested")
 
 
-def _evaluation_meta(test_json: str | Path, checkpoint: Path) -> dict[str, Any]:
-    """What the card reports from one test.py summary of `checkpoint` (refused if it is of
+def _evaluation_meta(test_json: str | Path, checkpoints: Sequence[Path]) -> dict[str, Any]:
+    """What the card reports from one test.py summary of `checkpoints` (refused if it is of
     another model): size, MAE with its bootstrap CI, CS@5, MAE by age group, provenance."""
     summary = json.loads(Path(test_json).read_text())
-    _check_same_model(summary, checkpoint, test_json)
+    _check_same_model(summary, checkpoints, test_json)
     return {
         "file": str(test_json),
         **{k: summary.get(k) for k in ("n", "mae", "mae_ci", "cs5", "by_group")},
@@ -132,9 +135,9 @@ def bundle_checkpoint(checkpoint: str | Path, out: str | Path, test_json: str | 
         "torch": str(torch.__version__),  # a TorchVersion object would not load safely
     }
     if test_json:
-        meta["test"] = _evaluation_meta(test_json, checkpoint)
+        meta["test"] = _evaluation_meta(test_json, [checkpoint])
     if cross_dataset_json:
-        meta["cross_dataset"] = _evaluation_meta(cross_dataset_json, checkpoint)
+        meta["cross_dataset"] = _evaluation_meta(cross_dataset_json, [checkpoint])
     # fp16 halves the file (a ResNet-18 fits in 25 MB); load_model casts back to float32.
     weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     save_checkpoint({"model": weights, "config": state["config"], "meta": meta}, out)
@@ -222,6 +225,34 @@ def model_card_fields(bundle: str | Path) -> dict[str, str]:
         "cross_dataset": _evaluation_line(cross) if cross else "not evaluated (pass "
                                                                "--cross_dataset_json)",
         "config": f"\n```yaml\n{cfg_text.strip()}\n```\n",
+    }
+
+
+def ensemble_card_fields(bundles: Sequence[str | Path], test_json: str | Path | None = None,
+                         cross_dataset_json: str | Path | None = None) -> dict[str, str]:
+    """The card fields of an ensemble of bundled models (scripts/bundle_model.py --ensemble):
+    a table of its members (from each bundle) and the ensemble's own test.py summaries, which
+    must have evaluated exactly these bundles."""
+    bundles = [Path(b) for b in bundles]
+    rows = []
+    for bundle in bundles:
+        fields = model_card_fields(bundle)
+        rows.append(f"| `{bundle.name}` | {fields['architecture']} | {fields['source']} | "
+                    f"{fields['command']} | {fields['wall_time'].split(' (')[0]} |")
+    total = sum(b.stat().st_size for b in bundles) / 2**20
+    test = _evaluation_meta(test_json, bundles) if test_json else {}
+    cross = _evaluation_meta(cross_dataset_json, bundles) if cross_dataset_json else {}
+    first, others = bundles[0], " ".join(map(str, bundles[1:]))
+    return {
+        "members": ("\n\n| file | architecture | source | command | training time |\n"
+                    "| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"),
+        "files": f"{len(bundles)} files, {total:.1f} MiB in all",
+        "usage": f"`python demo.py --resume {first} --ensemble {others}` (and the same "
+                 f"options for test.py)",
+        "test": _evaluation_line(test) if test else "not evaluated (pass --test_json)",
+        "by_age_group": _age_group_table(test) if test else "not evaluated",
+        "cross_dataset": _evaluation_line(cross) if cross else "not evaluated (pass "
+                                                               "--cross_dataset_json)",
     }
 
 
