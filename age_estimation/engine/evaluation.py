@@ -46,6 +46,8 @@ def predict_records(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[
 def combine_frames(frames: Sequence[pd.DataFrame], weights: Sequence[float]) -> pd.DataFrame:
     """One predictions frame from several of the same images (e.g. ensemble members at their
     own input sizes, each frame the mixture of `weights[i]` members), through `combine`."""
+    if len(frames) == 1:
+        return frames[0]
     ids = frames[0]["id"].tolist()
     for frame in frames[1:]:
         if frame["id"].tolist() != ids:
