@@ -243,12 +243,14 @@ def ensemble_card_fields(bundles: Sequence[str | Path], test_json: str | Path | 
     test = _evaluation_meta(test_json, bundles) if test_json else {}
     cross = _evaluation_meta(cross_dataset_json, bundles) if cross_dataset_json else {}
     first, others = bundles[0], " ".join(map(str, bundles[1:]))
+    views = test.get("tta") or ["identity"]
+    tta = f" --tta {','.join(views)}" if list(views) != ["identity"] else ""
     return {
-        "members": ("\n\n| file | architecture | source | command | training time |\n"
+        "members": ("\n\n| file | architecture | source | command | training time to that epoch |\n"
                     "| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"),
         "files": f"{len(bundles)} files, {total:.1f} MiB in all",
-        "usage": f"`python demo.py --resume {first} --ensemble {others}` (and the same "
-                 f"options for test.py)",
+        "usage": f"`python demo.py --resume {first} --ensemble {others}{tta}` (the test "
+                 f"split's inference; the same options work for test.py)",
         "test": _evaluation_line(test) if test else "not evaluated (pass --test_json)",
         "by_age_group": _age_group_table(test) if test else "not evaluated",
         "cross_dataset": _evaluation_line(cross) if cross else "not evaluated (pass "

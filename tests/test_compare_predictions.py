@@ -1,0 +1,42 @@
+"""scripts/compare_predictions.py: paired bootstrap comparison of two predictions CSVs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from helpers import load_script
+
+compare_predictions = load_script("compare_predictions").main
+
+
+def write(path, ids, age, pred):
+    pd.DataFrame({"id": ids, "age": age, "pred": pred}).to_csv(path, index=False)
+    return str(path)
+
+
+def test_a_better_model_is_called_better_on_the_shared_images(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"img{i}" for i in range(400)]
+    age = rng.uniform(1, 90, 400)
+    noise = rng.normal(0, 6, 400)
+    base = write(tmp_path / "base.csv", ids, age, age + noise)
+    # half the error on every image, and 100 images the baseline never saw
+    better = write(tmp_path / "better.csv", ids[:300] + [f"x{i}" for i in range(100)],
+                   np.r_[age[:300], age[:100]], np.r_[age[:300] + noise[:300] / 2, age[:100]])
+    same = write(tmp_path / "same.csv", ids, age, age + noise)
+    out = tmp_path / "table.md"
+    assert compare_predictions([base, better, same, "--out", str(out)]) == 0
+    table = out.read_text()
+    assert table == capsys.readouterr().out.rstrip("\n") + "\n"
+    better_row, same_row = table.strip().splitlines()[-2:]
+    assert "| 300 |" in better_row and better_row.endswith("| better |")
+    expected = np.abs(noise[:300]).mean() / 2
+    assert f"{expected:.3f} (" in better_row
+    assert "+0.000 (+0.000, +0.000)" in same_row and "no significant difference" in same_row
+
+
+def test_predictions_without_shared_images_are_an_error(tmp_path, capsys):
+    a = write(tmp_path / "a.csv", ["a"], [10.0], [12.0])
+    b = write(tmp_path / "b.csv", ["b"], [10.0], [12.0])
+    assert compare_predictions([a, b]) == 2
+    assert "share no image ids" in capsys.readouterr().err
