@@ -218,3 +218,16 @@ def test_ensemble_card_lists_members_and_refuses_a_summary_of_other_models(check
     test_json.write_text(json.dumps(summary))
     assert bundle_model(["--members", *map(str, members), "--test_json", str(test_json)]) == 2
     assert bundle_model([str(members[0]), "--members", str(members[1])]) == 2
+
+
+def test_the_released_ensemble_is_in_the_repository():
+    """Every member the ensemble's card tells users to run is committed and loads at the input
+    size its members table states (a .gitignore rule once kept the member files out)."""
+    card = (REPO / "models" / "ensemble" / "README.md").read_text()
+    usage = card.split("<!-- usage -->")[1].split("<!-- /usage -->")[0]
+    members = [word for word in usage.strip("`").split() if word.endswith(".pth")]
+    assert len(members) >= 2, usage
+    for member in members:
+        _, cfg = load_model(REPO / member)
+        name = Path(member).name
+        assert f"| `{name}` |" in card and f"RGB {cfg.MODEL.IMG_SIZE}x{cfg.MODEL.IMG_SIZE}" in card
