@@ -25,13 +25,23 @@ from age_estimation.metrics import bootstrap_ci, bootstrap_diff_ci
 N_BOOT = 2000
 
 
+def read_errors(path: Path) -> pd.Series:
+    """|pred - age| by image id of one predictions CSV; a bad file is an error naming it."""
+    try:
+        frame = pd.read_csv(path, usecols=["id", "age", "pred"])
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: {err} (expected a test.py predictions CSV with id, age, "
+                         f"pred)") from None
+    return absolute_errors(frame)
+
+
 def compare(base: Path, others: list[Path]) -> str:
     """The markdown table: one row per OTHER against BASE."""
-    base_errors = absolute_errors(pd.read_csv(base))
+    base_errors = read_errors(base)
     rows = ["| predictions | images | MAE (95 % CI) | baseline MAE (95 % CI) | "
             "Δ MAE (95 % CI) | verdict |", "| --- | ---: | --- | --- | --- | --- |"]
     for other in others:
-        errors = absolute_errors(pd.read_csv(other))
+        errors = read_errors(other)
         common = errors.index.intersection(base_errors.index)
         if common.empty:
             raise ValueError(f"{other} and {base} share no image ids")
@@ -57,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         table = compare(args.base, args.others)
-    except (OSError, KeyError, ValueError) as err:
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table)

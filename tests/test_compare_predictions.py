@@ -40,3 +40,14 @@ def test_predictions_without_shared_images_are_an_error(tmp_path, capsys):
     b = write(tmp_path / "b.csv", ["b"], [10.0], [12.0])
     assert compare_predictions([a, b]) == 2
     assert "share no image ids" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_predictions_csv_is_named(tmp_path, capsys):
+    good = write(tmp_path / "good.csv", ["a"], [10.0], [12.0])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    labels_only = tmp_path / "labels.csv"
+    labels_only.write_text("id,age\na,10\n")
+    for bad in (empty, labels_only, tmp_path / "missing.csv"):
+        assert compare_predictions([good, str(bad)]) == 2
+        assert str(bad) in capsys.readouterr().err

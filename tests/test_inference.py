@@ -82,6 +82,20 @@ def test_combine_refuses_bad_weights(weights):
         combine([pred(10, 1), pred(20, 1)], weights=weights)
 
 
+def test_combine_frames_refuses_predictions_of_different_images():
+    import pandas as pd
+
+    from age_estimation.engine.evaluation import combine_frames
+
+    frame = pd.DataFrame({"id": ["a", "b"], "pred": [10.0, 20.0], "std": [1.0, 1.0],
+                          "std_aleatoric": [1.0, 1.0], "std_epistemic": [0.0, 0.0]})
+    other = frame.assign(pred=[14.0, 30.0])
+    mixed = combine_frames([frame, other], [1, 3])
+    assert mixed["pred"].tolist() == pytest.approx([13.0, 27.5])
+    with pytest.raises(ValueError, match="different images"):
+        combine_frames([frame, other.iloc[::-1]], [1, 1])
+
+
 def test_combine_of_heads_without_aleatoric_std():
     out = combine([pred(10, math.nan), pred(16, math.nan)])
     assert math.isnan(out.std_aleatoric.item())
