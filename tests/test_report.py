@@ -19,6 +19,10 @@ from age_estimation.analysis.report import (
     group_table,
     load_results,
     recipe_log,
+    severity_families,
+    severity_table,
+    uncertainty_section,
+    uncertainty_table,
     variant_table,
     write_report,
 )
@@ -197,6 +201,14 @@ def test_findings_call_a_difference_only_when_the_ci_excludes_zero():
     assert sentences[3].startswith("The lowest MAE is c (4.00")
 
 
+def test_a_tiny_but_real_difference_is_not_printed_as_zero():
+    table = pd.DataFrame({"variant": ["a", "b"], "mae": [5.0, 5.003], "ci_low": [4.8, 4.8],
+                          "ci_high": [5.2, 5.2], "diff": [math.nan, 0.003],
+                          "diff_low": [math.nan, 0.001], "diff_high": [math.nan, 0.006]})
+    assert findings(table, "a")[0] == ("b has a higher MAE than a by 0.003 years "
+                                       "(95 % CI +0.001 to +0.006).")
+
+
 def test_report_has_the_tables_findings_figures_and_error_analysis(results, tmp_path):
     out = write_report(results, tmp_path / "REPORT.md")
     text = out.read_text()
@@ -219,6 +231,68 @@ def test_report_has_the_tables_findings_figures_and_error_analysis(results, tmp_
         assert (figures / name).read_bytes()[:4] == b"\x89PNG", name
         assert f"(figures/{name})" in text
     assert not (figures / "fraction_cost.png").exists()  # one cost only: no cost figure
+
+
+def test_uncertainty_table_scores_the_variants_that_predict_a_std(results, tmp_path):
+    suite = next(s for s in load_results(results) if s.name == "heads")
+    table = uncertainty_table(suite).set_index("variant")
+    assert list(table.index) == ["head=dex", "head=same"]  # l1 ("better") has no std
+    # dex: error e = PATTERN x seed factor (1, 2), std = |e| + 1; NLL per image averaged over
+    # the seeds, then over images
+    nll = np.mean([0.5 * np.log(2 * np.pi * (np.abs(PATTERN * f) + 1) ** 2)
+                   + (PATTERN * f) ** 2 / (2 * (np.abs(PATTERN * f) + 1) ** 2)
+                   for f in SEED_FACTOR.values()], axis=0)
+    assert table.loc["head=dex", "nll"] == pytest.approx(nll.mean())
+    assert table.loc["head=dex", "nll_low"] < nll.mean() < table.loc["head=dex", "nll_high"]
+    assert table.loc["head=same", ["diff", "diff_low", "diff_high"]].tolist() == [0, 0, 0]
+    assert table.loc["head=dex", "spearman"] == pytest.approx(1.0)  # std ranks by |error|
+    text = "\n".join(uncertainty_section([suite], tmp_path, "figures", names=["heads"]))
+    assert "| **head=dex** (baseline) | 2 | 4.50 | " in text
+    assert "No measurable NLL difference between head=same and head=dex" in text
+    assert "- Left out, no predicted std: head=better." in text
+    assert (tmp_path / "heads_reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert uncertainty_section([suite], tmp_path, "figures", names=["other"]) == []
+
+
+def perturbed_predictions(overrides: dict, command: list[str], split: str) -> pd.DataFrame:
+    """dex's errors grow with the blur level (x (1 + level / 5)); l1 ("robust") does not care."""
+    frame = synthetic_predictions(overrides, command, split)
+    if "--perturb" in command and overrides["MODEL.HEAD"] == "dex":
+        level = int(command[command.index("--perturb") + 1].split(":")[1])
+        frame["pred"] = frame["age"] + (frame["pred"] - frame["age"]) * (1 + level / 5)
+    return frame
+
+
+def test_severity_extras_become_one_table_curve_and_findings(tmp_path):
+    extras = [{"name": f"blur_{level}", "args": ["--perturb", f"blur:{level}"]}
+              for level in (3, 5)]
+    suite_file = write_suite(tmp_path, "robust", variant_axis="training",
+                             baseline="training=plain",
+                             variants={"plain": {"set": {"MODEL.HEAD": "dex"}},
+                                       "robust": {"set": {"MODEL.HEAD": "l1"}}},
+                             evaluation={"split": "test", "extra": extras})
+    SuiteRunner(load_suite(suite_file), tmp_path / "ckpt", tmp_path / "runs",
+                execute=FakeExecutor(perturbed_predictions), log=lambda line: None,
+                cost=lambda t: {"gflops": 1.0, "params_m": 1.0}).run()
+    assert severity_families(["fgnet", "blur_5", "blur_3", "jpeg_3"]) == {
+        "blur": [(3, "blur_3"), (5, "blur_5")], "jpeg": [(3, "jpeg_3")]}
+    suite = load_results(tmp_path / "runs")[0]
+    table = severity_table(suite).set_index(["level", "variant"])
+    # plain: clean MAE 4.5 (seeds 1x and 2x of 3), x1.6 at blur 3, x2 at blur 5; robust: 2.25
+    assert table.loc[(0, "training=plain"), "mae"] == pytest.approx(4.5)
+    assert table.loc[(5, "training=plain"), "mae"] == pytest.approx(9.0)
+    assert table.loc[(3, "training=plain"), "rise"] == pytest.approx(4.5 * 0.6)
+    assert table.loc[(5, "training=robust"), "rise"] == pytest.approx(0.0)
+    assert table.loc[(5, "training=robust"), "diff"] == pytest.approx(2.25 - 9.0)
+    assert math.isnan(table.loc[(5, "training=plain"), "diff"])
+    text = write_report(tmp_path / "runs", tmp_path / "REPORT.md").read_text()
+    assert "**blur_3**" not in text  # no table per extra: one severity table
+    assert "| blur | 5 | 9.00 (" in text and "| blur | 0 (clean) | 4.50 (" in text
+    assert ("On blur at severity 5, training=plain's MAE rises by 4.50 years (95 % CI +" in text)
+    assert "On blur at severity 5, training=robust has a lower MAE than training=plain by 6.75" \
+        in text
+    figure = tmp_path / "figures" / "robust_severity.png"
+    assert figure.read_bytes()[:4] == b"\x89PNG" and "(figures/robust_severity.png)" in text
 
 
 def test_report_without_runs_says_so(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ from age_estimation.metrics import (
     age_group,
     bootstrap_ci,
     bootstrap_diff_ci,
+    calibration_curve,
     mae_by,
     mae_by_group,
+    uncertainty_summary,
 )
 
 N_BOOT = 2000
@@ -34,6 +37,12 @@ ATTRIBUTES = ("gender", "race")
 # UTKFace's attribute codes (its file names), shown next to the code in the error analysis.
 ATTRIBUTE_NAMES = {"gender": {0: "male", 1: "female"},
                    "race": {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}}
+# Evaluation extras named KIND_LEVEL (robustness: blur_3, blur_5) form one severity curve per
+# kind, with the clean split as level 0.
+SEVERITY_NAME = re.compile(r"(?P<kind>.+)_(?P<level>\d+)")
+# Suites whose variants differ in how the predictive std is made (output heads; TTA, MC-Dropout
+# and ensembles): the report's uncertainty section compares them.
+UNCERTAINTY_SUITES = ("formulation", "ensembling")
 # Free-text provenance of the runs (which machine, which data copy, which command), written by
 # whoever ran them; the report quotes it under the header.
 RUNS_NOTES = "README.md"
@@ -168,9 +177,10 @@ def _group_markdown(table: pd.DataFrame, baseline: str) -> list[str]:
     return lines
 
 
-def findings(table: pd.DataFrame, baseline: str, where: str = "") -> list[str]:
+def findings(table: pd.DataFrame, baseline: str, where: str = "", lowest: bool = True
+             ) -> list[str]:
     """Sentences that follow from the table: each variant against the baseline (a difference
-    only when its 95 % CI excludes zero), then the lowest MAE."""
+    only when its 95 % CI excludes zero), then (with `lowest`) the lowest MAE."""
 
     def sentence(text: str, capitalize: bool = True) -> str:
         if where:
@@ -181,15 +191,17 @@ def findings(table: pd.DataFrame, baseline: str, where: str = "") -> list[str]:
     for row in table.itertuples():
         if row.variant == baseline or not math.isfinite(row.diff):
             continue
-        ci = f"95 % CI {row.diff_low:+.2f} to {row.diff_high:+.2f}"
+        # A difference under 0.005 years would print as 0.00: show it with a third decimal.
+        d = 2 if abs(row.diff) >= 0.005 else 3
+        ci = f"95 % CI {row.diff_low:+.{d}f} to {row.diff_high:+.{d}f}"
         if row.diff_low > 0 or row.diff_high < 0:
             direction = "higher" if row.diff > 0 else "lower"
             out.append(sentence(f"{row.variant} has a {direction} MAE than {baseline} by "
-                                f"{abs(row.diff):.2f} years ({ci}).", capitalize=False))
+                                f"{abs(row.diff):.{d}f} years ({ci}).", capitalize=False))
         else:
             out.append(sentence(f"no measurable difference between {row.variant} and "
-                                f"{baseline} (difference {row.diff:+.2f} years, {ci})."))
-    if len(table) > 1:
+                                f"{baseline} (difference {row.diff:+.{d}f} years, {ci})."))
+    if lowest and len(table) > 1:
         best = table.loc[table["mae"].idxmin()]
         out.append(sentence(f"the lowest MAE is {best['variant']} ({best['mae']:.2f}, 95 % CI "
                             f"{best['ci_low']:.2f}-{best['ci_high']:.2f})."))
@@ -345,6 +357,252 @@ def error_analysis(suites: list[SuiteResults], fig_dir: Path, rel: str) -> list[
     return lines
 
 
+# --------------------------------------------------------------------------- severity curves
+def severity_families(extras: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
+    """Extras named KIND_LEVEL grouped by kind: {kind: [(level, extra name), ...]} by level."""
+    families: dict[str, list[tuple[int, str]]] = {}
+    for name in extras:
+        match = SEVERITY_NAME.fullmatch(name)
+        if match:
+            families.setdefault(match["kind"], []).append((int(match["level"]), name))
+    return {kind: sorted(levels) for kind, levels in families.items()}
+
+
+def severity_table(suite: SuiteResults) -> pd.DataFrame:
+    """One row per perturbation kind, level (0 = the clean split) and variant: MAE (95 % CI),
+    the rise over the variant's own clean MAE and the difference from the baseline variant
+    (both paired over the same images, with 95 % CIs)."""
+    split, baseline = suite.info["split"], suite.info["baseline"]
+    clean = {v: seed_averaged_errors(suite, v, split).mean(axis=1) for v in suite.variants()}
+    rows = []
+    for kind, levels in severity_families(suite.info.get("extras", [])).items():
+        for level, evaluation in [(0, split), *levels]:
+            table = variant_table(suite, evaluation)
+            for r in table.itertuples():
+                row = {"kind": kind, "level": level, **r._asdict(), "rise": math.nan,
+                       "rise_low": math.nan, "rise_high": math.nan}
+                row.pop("Index")
+                if level:
+                    errors = seed_averaged_errors(suite, r.variant, evaluation).mean(axis=1)
+                    common = errors.index.intersection(clean[r.variant].index)
+                    row["rise"], row["rise_low"], row["rise_high"] = bootstrap_diff_ci(
+                        errors[common].to_numpy(), clean[r.variant][common].to_numpy(),
+                        n_boot=N_BOOT)
+                rows.append(row)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame.loc[frame["variant"] == baseline, ["diff", "diff_low", "diff_high"]] = math.nan
+    return frame
+
+
+def _ci(value: float, low: float, high: float, sign: str = "", decimals: int = 2) -> str:
+    f = f"{sign}.{decimals}f"
+    return "—" if not math.isfinite(value) else f"{value:{f}} ({low:{f}}, {high:{f}})"
+
+
+def _num(value: float, decimals: int = 3) -> str:
+    return f"{value:.{decimals}f}" if math.isfinite(value) else "—"
+
+
+def severity_markdown(table: pd.DataFrame, variants: list[str], baseline: str) -> list[str]:
+    """The severity table: per kind and level, each variant's MAE and rise over clean, and each
+    other variant's difference from the baseline."""
+    others = [v for v in variants if v != baseline]
+    head = ["perturbation", "severity"]
+    for v in variants:
+        head += [f"{v} MAE (95 % CI)", f"{v} rise vs clean"]
+    head += [f"Δ {v} − {baseline}" for v in others]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for (kind, level), group in table.groupby(["kind", "level"], sort=False):
+        by = group.set_index("variant")
+        cells = [kind, str(level) if level else "0 (clean)"]
+        for v in variants:
+            r = by.loc[v] if v in by.index else None
+            cells += ["—", "—"] if r is None else [
+                _ci(r["mae"], r["ci_low"], r["ci_high"]),
+                _ci(r["rise"], r["rise_low"], r["rise_high"], "+")]
+        for v in others:
+            r = by.loc[v] if v in by.index else None
+            cells.append("—" if r is None else _ci(r["diff"], r["diff_low"], r["diff_high"], "+"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def severity_findings(table: pd.DataFrame, baseline: str) -> list[str]:
+    """At each kind's highest level: how much the baseline's MAE rises, and how each other
+    variant compares with the baseline (a difference only when its CI excludes zero)."""
+    out = []
+    for kind, group in table.groupby("kind", sort=False):
+        top = group[group["level"] == group["level"].max()]
+        base = top[top["variant"] == baseline]
+        where = f"{kind} at severity {int(top['level'].iloc[0])}"
+        if not base.empty and math.isfinite(base["rise"].iloc[0]):
+            b = base.iloc[0]
+            verdict = ("rises by" if b["rise_low"] > 0 else "falls by" if b["rise_high"] < 0
+                       else "does not measurably change:")
+            out.append(f"On {where}, {baseline}'s MAE {verdict} {abs(b['rise']):.2f} years "
+                       f"(95 % CI {b['rise_low']:+.2f} to {b['rise_high']:+.2f}) over clean "
+                       f"images, to {b['mae']:.2f}.")
+        out += findings(top.reset_index(drop=True), baseline, where, lowest=False)
+    return out
+
+
+def severity_figure(suite: SuiteResults, table: pd.DataFrame, out_dir: Path) -> Path:
+    """Small multiples: MAE (95 % CI) against severity, one panel per kind, a line per
+    variant."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    kinds = list(dict.fromkeys(table["kind"]))
+    cols = min(3, len(kinds))
+    rows = math.ceil(len(kinds) / cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    for ax, kind in zip(axes.flat, kinds):
+        for i, variant in enumerate(dict.fromkeys(table["variant"])):
+            t = table[(table["kind"] == kind) & (table["variant"] == variant)].sort_values("level")
+            yerr = np.vstack([t["mae"] - t["ci_low"], t["ci_high"] - t["mae"]])
+            ax.errorbar(t["level"], t["mae"], yerr=yerr, marker="o", capsize=3, color=f"C{i}",
+                        label=variant)
+        ax.set_title(kind, fontsize=9)
+        ax.set_xticks(sorted(table.loc[table["kind"] == kind, "level"].unique()))
+    for ax in axes.flat[len(kinds):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("MAE (years)")
+    for ax in axes[-1]:
+        ax.set_xlabel("severity (0 = clean)")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{suite.name}: test MAE vs severity (95 % CI)")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{suite.name}_severity.png"
+    fig.savefig(path)
+    return path
+
+
+# --------------------------------------------------------------------------- uncertainty
+def per_image_nll(frame: pd.DataFrame) -> pd.Series:
+    """Gaussian NLL (nats) of each label under N(pred, std²), by image id; NaN without a std."""
+    std = pd.to_numeric(frame["std"], errors="coerce").where(lambda v: v > 0)
+    nll = 0.5 * np.log(2 * np.pi * std**2) + (frame["age"] - frame["pred"]) ** 2 / (2 * std**2)
+    return nll.set_axis(frame["id"])
+
+
+def uncertainty_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
+    """Per variant with a predicted std: NLL of the seed-averaged per-image NLLs with its image
+    bootstrap CI and the paired difference from the baseline, then the means over seeds of
+    90 % coverage, calibration error, AUSE, Spearman(|error|, std) and the NLL-optimal σ scale."""
+    rows, nlls = [], {}
+    for variant in suite.variants():
+        frames = [f for r in suite.runs if r["variant"] == variant
+                  and (f := suite.predictions(r, evaluation)) is not None
+                  and np.isfinite(pd.to_numeric(f["std"], errors="coerce")).any()]
+        if not frames:
+            continue
+        nlls[variant] = pd.DataFrame({i: per_image_nll(f) for i, f in enumerate(frames)}
+                                     ).dropna().mean(axis=1)
+        nll, low, high = bootstrap_ci(nlls[variant].to_numpy(), n_boot=N_BOOT)
+        summaries = pd.DataFrame([uncertainty_summary(f) for f in frames])
+        rows.append({"variant": variant, "seeds": len(frames), "images": len(nlls[variant]),
+                     "mae": float(np.mean([(f["pred"] - f["age"]).abs().mean() for f in frames])),
+                     "nll": nll, "nll_low": low, "nll_high": high,
+                     **summaries[["coverage_90", "calibration_error", "ause", "spearman",
+                                  "sigma_scale"]].mean().to_dict()})
+    table = pd.DataFrame(rows)
+    baseline = suite.info["baseline"]
+    table["diff"] = table["diff_low"] = table["diff_high"] = math.nan
+    if baseline in nlls:
+        for i, variant in table["variant"].items():
+            if variant != baseline:
+                common = nlls[variant].index.intersection(nlls[baseline].index)
+                table.loc[i, ["diff", "diff_low", "diff_high"]] = bootstrap_diff_ci(
+                    nlls[variant][common].to_numpy(), nlls[baseline][common].to_numpy(),
+                    n_boot=N_BOOT)
+    return table
+
+
+def uncertainty_figure(suite: SuiteResults, variants: Iterable[str], out_dir: Path,
+                       evaluation: str = "test") -> Path:
+    """Reliability curves (observed vs expected central-interval coverage), a line per variant
+    over all its seeds' predictions."""
+    fig, ax = _figure(5.0, 4.0)
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=0.8)
+    for variant in variants:
+        frames = [f for r in suite.runs if r["variant"] == variant
+                  and (f := suite.predictions(r, evaluation)) is not None]
+        pooled = pd.concat(frames)
+        ax.plot(*calibration_curve(pooled["pred"], pooled["std"], pooled["age"]), label=variant)
+    ax.set_xlabel("expected coverage of the central interval")
+    ax.set_ylabel("observed coverage")
+    ax.set_title(f"{suite.name}: reliability ({evaluation}; below the diagonal = overconfident)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{suite.name}_reliability.png"
+    fig.savefig(path)
+    return path
+
+
+def uncertainty_section(suites: list[SuiteResults], fig_dir: Path, rel: str,
+                        names: Iterable[str] = UNCERTAINTY_SUITES) -> list[str]:
+    """Markdown comparing the predictive std of the named suites' variants on the test split:
+    NLL (CI, paired difference from the baseline), coverage, calibration, error ranking."""
+    lines = []
+    for suite in (s for s in suites if s.name in names):
+        table = uncertainty_table(suite, suite.info["split"])
+        if table.empty:
+            continue
+        baseline = suite.info["baseline"]
+        lines += [f"### {suite.name}", "",
+                  "| variant | seeds | MAE | NLL (95 % CI) | Δ NLL vs baseline (95 % CI) | "
+                  "90 % coverage | calibration error | AUSE | Spearman | σ scale |",
+                  "|" + " --- |" * 10]
+        for r in table.itertuples():
+            name = f"**{r.variant}** (baseline)" if r.variant == baseline else r.variant
+            lines.append(f"| {name} | {r.seeds} | {r.mae:.2f} | "
+                         f"{_ci(r.nll, r.nll_low, r.nll_high)} | "
+                         f"{_ci(r.diff, r.diff_low, r.diff_high, '+', 3)} | "
+                         f"{_num(r.coverage_90)} | {_num(r.calibration_error)} | "
+                         f"{_num(r.ause)} | {_num(r.spearman)} | {_num(r.sigma_scale, 2)} |")
+        lines.append("")
+        for r in table.itertuples():
+            if r.variant == baseline or not math.isfinite(r.diff):
+                continue
+            ci = f"95 % CI {r.diff_low:+.3f} to {r.diff_high:+.3f}"
+            if r.diff_low > 0 or r.diff_high < 0:
+                word = "higher (worse)" if r.diff > 0 else "lower (better)"
+                lines.append(f"- {r.variant} has a {word} NLL than {baseline} by "
+                             f"{abs(r.diff):.3f} nats ({ci}).")
+            else:
+                lines.append(f"- No measurable NLL difference between {r.variant} and "
+                             f"{baseline} ({ci}).")
+        for column, what in (("calibration_error", "the lowest calibration error"),
+                             ("ause", "the lowest AUSE (best error ranking)")):
+            best = table.loc[table[column].idxmin()]
+            lines.append(f"- {best['variant']} has {what}: {best[column]:.3f} (mean over "
+                         f"seeds; no CI).")
+        without = [v for v in suite.variants() if v not in set(table["variant"])]
+        if without:
+            lines.append(f"- Left out, no predicted std: {', '.join(without)}.")
+        path = uncertainty_figure(suite, table["variant"], fig_dir, suite.info["split"])
+        lines += ["", f"![{path.stem}]({rel}/{path.name})", ""]
+    if not lines:
+        return []
+    return ["## Uncertainty (test predictions)", "",
+            "How good is each variant's predicted std as a Gaussian N(pred, std²) over the "
+            "label? NLL in nats (lower is better; per-image NLL averaged over seeds, image "
+            "bootstrap CI); 90 % coverage = share of labels inside the central 90 % interval "
+            "(0.9 if calibrated); calibration error = mean |observed − expected| coverage over "
+            "levels 0.01-0.99; AUSE = area between the sparsification curves of the std and of "
+            "the error (0 = the std ranks images exactly by error); Spearman = rank correlation "
+            "of std and |error|; σ scale = the multiplier of the std that minimises the NLL (1 if "
+            "calibrated; above 1 = overconfident, below 1 = underconfident); a constant std "
+            "(homoscedastic heads) ranks nothing, so its Spearman is undefined (—).", "", *lines]
+
+
 # --------------------------------------------------------------------------- the report
 def _protocol(suite: SuiteResults) -> list[str]:
     info, runs = suite.info, suite.runs
@@ -398,7 +656,9 @@ def suite_section(suite: SuiteResults, fig_dir: Path, rel: str) -> list[str]:
     if not suite.runs:
         return []
     lines = [f"## {suite.name}", "", *_protocol(suite)]
-    evaluations = [suite.info["split"], *suite.info.get("extras", [])]
+    extras = suite.info.get("extras", [])
+    severity = {name for levels in severity_families(extras).values() for _, name in levels}
+    evaluations = [suite.info["split"], *(e for e in extras if e not in severity)]
     for evaluation in evaluations:
         table = variant_table(suite, evaluation)
         if table.empty:
@@ -415,6 +675,15 @@ def suite_section(suite: SuiteResults, fig_dir: Path, rel: str) -> list[str]:
                 lines += [*_group_markdown(groups, suite.info["baseline"]), ""]
             for path in suite_figures(suite, table, fig_dir):
                 lines += [f"![{path.stem}]({rel}/{path.name})", ""]
+    table = severity_table(suite) if severity else pd.DataFrame()
+    if not table.empty:
+        baseline = suite.info["baseline"]
+        lines += ["**MAE vs severity** (the perturbed test split; rise = MAE − the same "
+                  "variant's clean MAE, paired over images)", "",
+                  *severity_markdown(table, suite.variants(), baseline), ""]
+        lines += [f"- {s}" for s in severity_findings(table, baseline)] + [""]
+        path = severity_figure(suite, table, fig_dir)
+        lines += [f"![{path.stem}]({rel}/{path.name})", ""]
     return lines
 
 
@@ -520,6 +789,7 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
         lines.append("No finished suite runs yet.")
     for suite in suites:
         lines += suite_section(suite, fig_dir, "figures")
+    lines += uncertainty_section(suites, fig_dir, "figures")
     lines += error_analysis(suites, fig_dir, "figures")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines).rstrip() + "\n")
