@@ -1,6 +1,7 @@
 """Training throughput: train.py's own loop against a naive baseline loop, in one run.
 
     python scripts/bench_train.py [--steps 30] [--size 96] [--batch 64] [--backbone resnet18]
+        [--opts KEY VALUE ...]
     python scripts/bench_train.py --backbones resnet18 resnet50 efficientnet_b0 \
         mobilenetv3_large_100 --size 96          # + per-backbone cost table
 
@@ -8,11 +9,12 @@ The baseline is written in the style of the original yu4u/age-estimation-pytorch
 Dataset that cv2.imread's and resizes each JPEG for every sample, float32 normalised
 channels-first tensors, no cache, no autocast. Both loops use the same backbone, resolution,
 batch size, head (DEX) and optimizer (AdamW: PyTorch's default implementation in the naive
-loop, as the original code used it, the fused one in train.py's, TRAIN.FUSED_OPTIMIZER), on the
-UTKFace train split; each loads its data its own way: the naive loop with `--naive-workers` DataLoader workers (default 2: it decodes
-JPEGs, and with fewer it is slower), train.py's loop with DATA.NUM_WORKERS (default auto: in
-process on the CPU; `--workers` overrides). Images/s counts the whole loop, data loading
-included, after `--warmup` steps.
+loop, as the original code used it; the fused one in train.py's, TRAIN.FUSED_OPTIMIZER), on the
+UTKFace train split. Each loads its data its own way: the naive loop with `--naive-workers`
+DataLoader workers (default 2: it decodes JPEGs, and with fewer it is slower), train.py's loop
+with DATA.NUM_WORKERS (default auto: in process on the CPU; `--workers` overrides). Images/s
+counts the whole loop, data loading included, after `--warmup` steps. `--opts` overrides the
+config of train.py's loop (e.g. `TRAIN.FUSED_OPTIMIZER False` to measure that setting).
 """
 
 from __future__ import annotations
@@ -151,11 +153,14 @@ def main() -> None:
     parser.add_argument("--naive-workers", type=int, default=2)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--backbones", nargs="*", default=[])
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="config overrides of train.py's loop "
+                             "(e.g. TRAIN.FUSED_OPTIMIZER False)")
     args = parser.parse_args()
     cfg = load_config(args.cfg, [
         "MODEL.IMG_SIZE", str(args.size), "TRAIN.BATCH_SIZE", str(args.batch),
         "MODEL.BACKBONE", args.backbone, "DATA.NUM_WORKERS", str(args.workers),
-        "OUTPUT_DIR", "/tmp/age_estimation_bench_train", "MODEL.DROPOUT", "0.0"])
+        "OUTPUT_DIR", "/tmp/age_estimation_bench_train", "MODEL.DROPOUT", "0.0", *args.opts])
     print(f"command: {' '.join(sys.argv)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.backbone} at "
           f"{args.size} px, batch {args.batch}, {args.steps} timed steps")
