@@ -1,17 +1,20 @@
 """Training throughput: train.py's own loop against a naive baseline loop, in one run.
 
     python scripts/bench_train.py [--steps 30] [--size 96] [--batch 64] [--backbone resnet18]
+        [--opts KEY VALUE ...]
     python scripts/bench_train.py --backbones resnet18 resnet50 efficientnet_b0 \
         mobilenetv3_large_100 --size 96          # + per-backbone cost table
 
 The baseline is written in the style of the original yu4u/age-estimation-pytorch code: a
 Dataset that cv2.imread's and resizes each JPEG for every sample, float32 normalised
 channels-first tensors, no cache, no autocast. Both loops use the same backbone, resolution,
-batch size, head (DEX) and optimizer (AdamW), on the UTKFace train split; each loads its data
-its own way: the naive loop with `--naive-workers` DataLoader workers (default 2: it decodes
-JPEGs, and with fewer it is slower), train.py's loop with DATA.NUM_WORKERS (default auto: in
-process on the CPU; `--workers` overrides). Images/s counts the whole loop, data loading
-included, after `--warmup` steps.
+batch size, head (DEX) and optimizer (AdamW: PyTorch's default implementation in the naive
+loop, as the original code used it; the fused one in train.py's, TRAIN.FUSED_OPTIMIZER), on the
+UTKFace train split. Each loads its data its own way: the naive loop with `--naive-workers`
+DataLoader workers (default 2: it decodes JPEGs, and with fewer it is slower), train.py's loop
+with DATA.NUM_WORKERS (default auto: in process on the CPU; `--workers` overrides). Images/s
+counts the whole loop, data loading included, after `--warmup` steps. `--opts` overrides the
+config of train.py's loop (e.g. `TRAIN.FUSED_OPTIMIZER False` to measure that setting).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from age_estimation.config import load_config  # noqa: E402
 from age_estimation.data.build import loader_workers  # noqa: E402
 from age_estimation.data.datasets import default_data_dir, read_dataset  # noqa: E402
-from age_estimation.engine.trainer import Trainer  # noqa: E402
+from age_estimation.engine.trainer import Trainer, build_optimizer  # noqa: E402
 from age_estimation.models.model import AgeModel  # noqa: E402
 
 
@@ -105,7 +108,7 @@ def backbone_cost(cfg, backbone: str, batch: int) -> dict:
     ages = {"age": torch.rand(batch) * 80}
     flops = FlopCountAnalysis(model.eval(), x[:1].float() / 255)
     flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = build_optimizer(cfg, model, torch.device("cpu"))  # as train.py's
 
     def train_step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -150,11 +153,14 @@ def main() -> None:
     parser.add_argument("--naive-workers", type=int, default=2)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--backbones", nargs="*", default=[])
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="config overrides of train.py's loop "
+                             "(e.g. TRAIN.FUSED_OPTIMIZER False)")
     args = parser.parse_args()
     cfg = load_config(args.cfg, [
         "MODEL.IMG_SIZE", str(args.size), "TRAIN.BATCH_SIZE", str(args.batch),
         "MODEL.BACKBONE", args.backbone, "DATA.NUM_WORKERS", str(args.workers),
-        "OUTPUT_DIR", "/tmp/age_estimation_bench_train", "MODEL.DROPOUT", "0.0"])
+        "OUTPUT_DIR", "/tmp/age_estimation_bench_train", "MODEL.DROPOUT", "0.0", *args.opts])
     print(f"command: {' '.join(sys.argv)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.backbone} at "
           f"{args.size} px, batch {args.batch}, {args.steps} timed steps")
@@ -169,7 +175,9 @@ def main() -> None:
           + "; train.py " + ", ".join(f"{v:.1f}" for v in our_runs))
     print(f"median, naive loop (per-sample JPEG decode, fp32, NCHW, {args.naive_workers} workers): "
           f"{naive:8.1f} images/s")
-    print(f"median, train.py loop (cache, bf16 autocast, NHWC, {loader_workers(cfg)} workers):  "
+    fused = f"fused {cfg.TRAIN.OPTIMIZER}, " if cfg.TRAIN.FUSED_OPTIMIZER else ""
+    print(f"median, train.py loop (cache, bf16 autocast, NHWC, {fused}{loader_workers(cfg)} "
+          f"workers): "
           f"{ours:8.1f} images/s")
     print(f"speed-up: {ours / naive:.2f}x")
     if args.backbones:

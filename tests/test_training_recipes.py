@@ -1,5 +1,5 @@
-"""Training tricks of the recipe search: mixup's batch blending (deterministic, convex) and
-knowledge distillation from a teacher's per-image predictions."""
+"""Training tricks of the recipe search: mixup's batch blending (deterministic, convex),
+knowledge distillation from a teacher's per-image predictions, and the fused optimizer."""
 
 import subprocess
 import sys
@@ -11,9 +11,9 @@ import pytest
 import torch
 from helpers import write_csv_dataset
 
-from age_estimation.config import ConfigError
+from age_estimation.config import ConfigError, load_config
 from age_estimation.data.datasets import read_dataset
-from age_estimation.engine.trainer import mixup, teacher_ages
+from age_estimation.engine.trainer import build_optimizer, mixup, teacher_ages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +39,32 @@ def test_mixup_alpha_shapes_the_blend_weight():
     # Beta(0.1, 0.1) puts most weight near 0 and 1: most blends are mild.
     assert sum(min(lam, 1 - lam) < 0.1 for lam in lams) > 120
     assert pytest.approx(sum(lams) / len(lams), abs=0.1) == 0.5
+
+
+# ------------------------------------------------------------------------------ optimizer
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_the_fused_optimizer_makes_the_same_update_as_the_default_one(name):
+    updated, cfgs = {}, {}
+    for fused in (True, False):
+        cfg = cfgs[fused] = load_config(str(REPO / "configs/utkface_resnet18_dex.yaml"), [
+            "TRAIN.OPTIMIZER", name, "TRAIN.FUSED_OPTIMIZER", str(fused)])
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4))
+        optimizer = build_optimizer(cfg, model, torch.device("cpu"))
+        assert all(g["fused"] is fused for g in optimizer.param_groups)
+        # timm's grouping: no weight decay on the bias and the norm's parameters
+        assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.05]
+        for step in range(3):
+            loss = model(torch.randn(8, 6, generator=torch.Generator().manual_seed(step))).pow(2)
+            optimizer.zero_grad()
+            loss.mean().backward()
+            optimizer.step()
+        updated[fused] = [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(updated[True], updated[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # ...and a device without a fused kernel gets the default implementation
+    meta = build_optimizer(cfgs[True], model, torch.device("meta"))
+    assert meta.param_groups[0]["fused"] is False
 
 
 # ------------------------------------------------------------------------------ distillation

@@ -49,8 +49,9 @@ _EXTRA_KEYS = {"name", "args", "needs"}
 # test.py options the runner sets itself for every evaluation.
 _RESERVED_ARGS = {"--resume", "--out", "--ensemble"}
 # Keys that change where or how fast a run goes, not what it learns: left out of its identity.
+# (The fused optimizer makes the same update as the default one, to rounding: a speed setting.)
 _ENVIRONMENT_KEYS = ("OUTPUT_DIR", "DATA.CACHE_DIR", "DATA.NUM_WORKERS", "TRAIN.THREADS",
-                     "TEST.BATCH_SIZE")
+                     "TEST.BATCH_SIZE", "TRAIN.FUSED_OPTIMIZER")
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
