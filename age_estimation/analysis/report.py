@@ -215,8 +215,7 @@ def _markdown(table: pd.DataFrame, baseline: str) -> list[str]:
              "|" + " --- |" * (6 + show_cost)]
     for r in table.itertuples():
         name = f"**{r.variant}** (baseline)" if r.variant == baseline else r.variant
-        diff = ("—" if not math.isfinite(r.diff)
-                else f"{r.diff:+.2f} ({r.diff_low:+.2f}, {r.diff_high:+.2f})")
+        diff = _ci(r.diff, r.diff_low, r.diff_high, "+")
         sd = f"{r.seed_sd:.2f}" if math.isfinite(r.seed_sd) else "—"
         line = (f"| {name} | {r.seeds} | {r.images} | {r.mae:.2f} ({r.ci_low:.2f}, "
                 f"{r.ci_high:.2f}) | {sd} | {diff} |")
@@ -374,10 +373,11 @@ def severity_table(suite: SuiteResults) -> pd.DataFrame:
     (both paired over the same images, with 95 % CIs)."""
     split, baseline = suite.info["split"], suite.info["baseline"]
     clean = {v: seed_averaged_errors(suite, v, split).mean(axis=1) for v in suite.variants()}
+    clean_table = variant_table(suite, split)  # the level-0 rows of every kind: computed once
     rows = []
     for kind, levels in severity_families(suite.info.get("extras", [])).items():
         for level, evaluation in [(0, split), *levels]:
-            table = variant_table(suite, evaluation)
+            table = clean_table if level == 0 else variant_table(suite, evaluation)
             for r in table.itertuples():
                 row = {"kind": kind, "level": level, **r._asdict(), "rise": math.nan,
                        "rise_low": math.nan, "rise_high": math.nan}
