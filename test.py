@@ -70,12 +70,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
-    import numpy as np
     import pandas as pd
     import torch
 
     from age_estimation.data.build import load_split
-    from age_estimation.data.imbalance import mae_by_shot
+    from age_estimation.data.imbalance import ages_from_histogram, mae_by_shot
     from age_estimation.data.perturbations import parse_perturb, perturb_images
     from age_estimation.engine.evaluation import (
         adapt_to_target,
@@ -165,8 +164,9 @@ def main(argv=None) -> int:
     # Training images per integer age (checkpoints from before this key: no shot breakdown).
     counts = load_checkpoint(args.resume).get("train_age_counts")
     if counts:
-        train_ages = np.repeat(np.arange(len(counts)), counts)
-        summary["by_shot"] = mae_by_shot(frame, train_ages).to_dict(orient="records")
+        shots = mae_by_shot(frame, ages_from_histogram(counts))
+        summary["by_shot"] = shots.to_dict(orient="records")
+        summary["train_age_counts"] = counts  # the report's per-image shots and their CIs
     summary["inference"] = {"checkpoints": [args.resume, *args.ensemble], "tta": list(views),
                             "mc_dropout": args.mc_dropout, "seed": args.seed,
                             "perturb": args.perturb, "adapt_bn": args.adapt_bn,

@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import load_script
 from test_suites import FakeExecutor, write_suite
 
 from age_estimation.analysis.report import (
     findings,
+    group_cis,
+    group_findings,
     group_table,
     load_results,
     recipe_log,
@@ -26,8 +29,9 @@ from age_estimation.analysis.report import (
     variant_table,
     write_report,
 )
-from age_estimation.analysis.runner import SuiteRunner
+from age_estimation.analysis.runner import SuiteRunner, backfill_train_counts
 from age_estimation.analysis.suites import load_suite
+from age_estimation.data.imbalance import ages_from_histogram, mae_by_shot
 from age_estimation.metrics import bootstrap_ci
 
 N_IMAGES = 40
@@ -153,6 +157,112 @@ def test_group_table_adds_the_shot_columns_averaged_over_seeds(results, tmp_path
         copy, tmp_path / "R2.md").read_text()
 
 
+# Training images per integer age: ages up to 20 are few-shot, 22-40 medium, 42+ many.
+TRAIN_COUNTS = [5] * 21 + [50] * 20 + [200] * 40
+
+
+def with_shot_sizes(results: Path, tmp_path: Path, counts: list[int] | None = TRAIN_COUNTS,
+                    ) -> Path:
+    """A copy of the results whose heads runs' test evaluations hold test.py's by_shot for
+    TRAIN_COUNTS, and (given `counts`) the counts themselves."""
+    copy = shutil.copytree(results, tmp_path / "runs")
+    for metrics in copy.glob("heads/*/metrics.json"):
+        summary = json.loads(metrics.read_text())
+        frame = pd.read_csv(metrics.parent / "predictions_test.csv")
+        shots = mae_by_shot(frame, ages_from_histogram(TRAIN_COUNTS))
+        summary["evaluations"]["test"]["by_shot"] = shots.to_dict(orient="records")
+        if counts is not None:
+            summary["evaluations"]["test"]["train_age_counts"] = counts
+        metrics.write_text(json.dumps(summary))
+    return copy
+
+
+def test_group_cis_give_every_group_and_shot_a_ci_and_a_paired_difference(results, tmp_path):
+    copy = with_shot_sizes(results, tmp_path)
+    suite = next(s for s in load_results(copy) if s.name == "heads")
+    cis = group_cis(suite).set_index(["variant", "column"])
+    per_image = np.abs(PATTERN) * 1.5  # dex: seeds 1x and 2x, averaged
+    assert tuple(cis.loc[("head=dex", "0-12"), ["mae", "ci_low", "ci_high"]]) == pytest.approx(
+        bootstrap_ci(per_image[:6], n_boot=2000))
+    # ages 2..20 (images 0-9) are few-shot, 22..40 medium, 42..80 many
+    assert cis.loc[("head=dex", "few-shot"), "n"] == 10
+    assert cis.loc[("head=dex", "medium-shot"), "mae"] == pytest.approx(per_image[10:20].mean())
+    # l1 halves every error: lower in every cell, with a CI below zero
+    better = cis.loc["head=better"]
+    assert better.loc["many-shot", "diff"] == pytest.approx(-per_image[20:].mean() / 2)
+    assert (better["diff_high"] < 0).all() and len(better) == 8
+    assert cis.loc["head=dex", "diff"].isna().all()  # the baseline itself
+    assert cis.loc[("head=same", "60+"), ["diff", "diff_low", "diff_high"]].tolist() == [0, 0, 0]
+    sentences = group_findings(group_cis(suite), "head=dex")
+    assert sentences[0] == ("By group, head=same against head=dex: no measurable difference on "
+                            "0-12, 13-19, 20-39, 40-59, 60+, many-shot, medium-shot, few-shot.")
+    assert sentences[1].startswith("By group, head=better against head=dex: lower on 0-12 by "
+                                   f"{per_image[:6].mean() / 2:.2f} (95 % CI -")
+    assert "no measurable" not in sentences[1]
+    text = write_report(copy, tmp_path / "REPORT.md").read_text()
+    mae, low, high = cis.loc[("head=dex", "few-shot"), ["mae", "ci_low", "ci_high"]]
+    assert f"| {mae:.2f} ({low:.2f}, {high:.2f}) |" in text
+    assert "- By group, head=better against head=dex: lower on 0-12" in text
+
+
+def test_group_cis_leave_out_the_shots_of_a_variant_whose_runs_lack_the_counts(results,
+                                                                             tmp_path):
+    copy = with_shot_sizes(results, tmp_path)
+    metrics = copy / "heads" / "head=better__seed=1" / "metrics.json"
+    summary = json.loads(metrics.read_text())
+    del summary["evaluations"]["test"]["train_age_counts"]
+    metrics.write_text(json.dumps(summary))
+    suite = next(s for s in load_results(copy) if s.name == "heads")
+    cis = group_cis(suite)
+    columns = set(cis.loc[cis["variant"] == "head=better", "column"])
+    assert columns == {"0-12", "13-19", "20-39", "40-59", "60+"}  # age groups only
+    assert "few-shot" in set(cis.loc[cis["variant"] == "head=dex", "column"])
+    per_seed_few_shot_mae = np.mean([np.abs(PATTERN[:10]).mean() * f * 0.5
+                                     for f in SEED_FACTOR.values()])
+    # the table still shows its shot MAE (the mean of the per-seed MAEs), without a CI
+    text = write_report(copy, tmp_path / "REPORT.md").read_text()
+    lines = text.splitlines()
+    heads = lines.index("## heads")
+    start = next(i for i, line in enumerate(lines)
+                 if i > heads and line.startswith("MAE (95 % CI) by age"))
+    row = next(line for line in lines[start:] if line.startswith("| head=better | "))
+    assert row.count("(") == 5 and row.endswith(f" | {per_seed_few_shot_mae:.2f} |")
+
+
+def test_backfill_takes_the_counts_from_a_checkpoint_of_the_same_training_data(results,
+                                                                               tmp_path):
+    copy = with_shot_sizes(results, tmp_path, counts=None)
+    runs = {p.parent.name: json.loads(p.read_text()) for p in copy.glob("heads/*/metrics.json")}
+    # Only head=dex seed 0's checkpoint still has the counts (head=same trains the same config,
+    # so it shares that checkpoint); the others' checkpoints are empty files.
+    torch.save({"model": {}, "config": "", "train_age_counts": TRAIN_COUNTS},
+               Path(runs["head=dex__seed=0"]["checkpoint"]) / "best.pth")
+    # A run whose stored shot sizes the counts do not reproduce is left alone.
+    wrong = copy / "heads" / "head=better__seed=1" / "metrics.json"
+    summary = json.loads(wrong.read_text())
+    summary["evaluations"]["test"]["by_shot"][0]["n"] += 1
+    wrong.write_text(json.dumps(summary))
+    messages: list[str] = []
+    done = backfill_train_counts(copy, log=messages.append)
+    assert done == {"own": 2, "borrowed": 3, "skipped": 1}
+    assert messages == ["heads/head=better__seed=1 test: no training-age counts that reproduce "
+                        "its shot sizes [21, 10, 10]; left as is"]
+    filled = json.loads((copy / "heads" / "head=dex__seed=1" / "metrics.json").read_text())
+    assert filled["evaluations"]["test"]["train_age_counts"] == TRAIN_COUNTS
+    assert "train_age_counts" not in filled["evaluations"]["valid"]  # no by_shot there
+    assert "train_age_counts" not in json.loads(wrong.read_text())["evaluations"]["test"]
+    # Another training set (a seeded data fraction) borrows nothing.
+    config = copy / "heads" / "head=dex__seed=1" / "config.yaml"
+    config.write_text(config.read_text() + "DATA:\n  FRACTION: 0.5\n")
+    del filled["evaluations"]["test"]["train_age_counts"]
+    (config.parent / "metrics.json").write_text(json.dumps(filled))
+    assert backfill_train_counts(copy, log=messages.append) == {"own": 0, "borrowed": 0,
+                                                                "skipped": 2}
+    # The script reports the same three numbers.
+    main = load_script("backfill_train_counts").main
+    assert main(["--results", str(copy)]) == 0
+
+
 def test_recipe_log_lists_every_trial_best_first_with_its_changes(results):
     suite = next(s for s in load_results(results) if s.name == "heads")
     text = recipe_log(suite)
@@ -215,6 +325,7 @@ def test_report_has_the_tables_findings_figures_and_error_analysis(results, tmp_
     assert "## heads" in text and "## fraction" in text
     assert "| **head=dex** (baseline) | 2 | 40 | 4.50 (" in text
     assert "| head=better | 2 | 40 | 2.25 (" in text
+    assert "| GFLOPs | params (M) |" in text and "| 2.000 | 11.0 |" in text  # l1's cost
     assert "No measurable difference between head=same and head=dex" in text
     assert "Head=better has a lower MAE than head=dex by 2.25 years" not in text
     assert "head=better has a lower MAE than head=dex by 2.25 years" in text

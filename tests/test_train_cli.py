@@ -59,6 +59,10 @@ def test_test_cli_prints_metrics_and_writes_predictions(tiny_run, csv_dataset):
     assert float(first.split()[1]) == pytest.approx(mae, abs=1e-3)
     summary = json.loads((tiny_run / "predictions_test.json").read_text())
     assert summary["n"] == 4
+    # The training-age histogram travels with the summary (the report's per-image shots).
+    counts = summary["train_age_counts"]
+    assert counts == load_checkpoint(tiny_run / "best.pth")["train_age_counts"]
+    assert sum(counts) == 16 and sum(e["n"] for e in summary["by_shot"]) == 4
     # --data KIND:PATH and --split all on the same CSV
     out = tiny_run / "all.csv"
     run("test.py", "--resume", str(tiny_run), "--data", f"csv:{csv_dataset}", "--split", "all",

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from age_estimation.analysis.suites import REPO
+from age_estimation.data.imbalance import SHOTS, age_shot_groups, ages_from_histogram
 from age_estimation.metrics import (
     AGE_GROUPS,
     age_group,
@@ -99,12 +100,14 @@ def seed_averaged_errors(suite: SuiteResults, variant: str, evaluation: str) -> 
 
 def variant_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
     """Per variant: seeds, images, MAE (mean over seeds) with its image-bootstrap 95 % CI,
-    seed s.d., and MAE - baseline MAE with a paired image-bootstrap 95 % CI."""
+    seed s.d., MAE - baseline MAE with a paired image-bootstrap 95 % CI, GFLOPs and
+    parameters (millions)."""
     errors = {v: seed_averaged_errors(suite, v, evaluation) for v in suite.variants()}
     errors = {v: e for v, e in errors.items() if not e.empty}
     baseline = suite.info["baseline"]
     base = errors[baseline].mean(axis=1) if baseline in errors else None
     gflops = {r["variant"]: r.get("cost", {}).get("gflops", math.nan) for r in suite.runs}
+    params = {r["variant"]: r.get("cost", {}).get("params_m", math.nan) for r in suite.runs}
     rows = []
     for variant, frame in errors.items():
         per_image = frame.mean(axis=1)  # average over seeds, then resample images
@@ -113,7 +116,7 @@ def variant_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame
                "ci_low": low, "ci_high": high,
                "seed_sd": float(frame.mean().std(ddof=1)) if frame.shape[1] > 1 else math.nan,
                "diff": math.nan, "diff_low": math.nan, "diff_high": math.nan,
-               "gflops": gflops.get(variant, math.nan)}
+               "gflops": gflops.get(variant, math.nan), "params_m": params.get(variant, math.nan)}
         if base is not None and variant != baseline:
             common = per_image.index.intersection(base.index)
             row["diff"], row["diff_low"], row["diff_high"] = bootstrap_diff_ci(
@@ -162,19 +165,110 @@ def group_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
     return table
 
 
-def _group_markdown(table: pd.DataFrame, baseline: str) -> list[str]:
-    lines = ["MAE by age group and, where known, by how many training images the age has "
-             "(many > 100, medium 20-100, few < 20):", "",
+def image_shots(run: dict[str, Any], frame: pd.DataFrame, evaluation: str) -> pd.Series | None:
+    """Each predicted image's shot ('many', 'medium', 'few': training images of its integer age)
+    by id, from the training-age counts the evaluation recorded; None where it has none."""
+    counts = run.get("evaluations", {}).get(evaluation, {}).get("train_age_counts")
+    if not counts:
+        return None
+    return pd.Series(age_shot_groups(ages_from_histogram(counts),
+                                     frame["age"].to_numpy(dtype=float)),
+                     index=frame["id"].to_numpy())
+
+
+def _image_groups(suite: SuiteResults, variant: str, evaluation: str) -> pd.DataFrame:
+    """Per image (by id) of a variant: the seed-averaged |error|, its age group and its shot,
+    the shot only when every run recorded its training-age counts and they agree (the same
+    training set); empty without predictions."""
+    errors = seed_averaged_errors(suite, variant, evaluation)
+    if errors.empty:
+        return pd.DataFrame()
+    ages, shots = {}, []
+    for run in suite.runs:
+        frame = suite.predictions(run, evaluation) if run["variant"] == variant else None
+        if frame is not None:
+            ages.update(zip(frame["id"], frame["age"]))
+            shots.append(image_shots(run, frame, evaluation))
+    out = pd.DataFrame({"error": errors.mean(axis=1)})
+    out["group"] = age_group(out.index.map(ages).to_numpy(dtype=float))
+    if all(s is not None for s in shots) and all(s.equals(shots[0]) for s in shots):
+        out["shot"] = shots[0].reindex(out.index).map(lambda s: f"{s}-shot")
+    return out
+
+
+def group_cis(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
+    """Per variant and column of the group table (age groups; shots where the runs recorded
+    their training-age counts): MAE of the seed-averaged errors with its image-bootstrap 95 %
+    CI, and the paired difference from the baseline on the same images with its CI (a shot
+    only when both variants put the images in the same shot)."""
+    baseline = suite.info["baseline"]
+    per_variant = {v: _image_groups(suite, v, evaluation) for v in suite.variants()}
+    per_variant = {v: f for v, f in per_variant.items() if not f.empty}
+    base = per_variant.get(baseline)
+    rows = []
+    for variant, frame in per_variant.items():
+        for kind in ("group", "shot"):
+            if kind not in frame:
+                continue
+            for column, cell in frame.groupby(kind)["error"]:
+                mae, low, high = bootstrap_ci(cell.to_numpy(), n_boot=N_BOOT)
+                row = {"variant": variant, "column": column, "n": len(cell), "mae": mae,
+                       "ci_low": low, "ci_high": high, "diff": math.nan, "diff_low": math.nan,
+                       "diff_high": math.nan}
+                if base is not None and variant != baseline and kind in base:
+                    common = cell.index.intersection(base.index[base[kind] == column])
+                    if len(common):
+                        row["diff"], row["diff_low"], row["diff_high"] = bootstrap_diff_ci(
+                            cell[common].to_numpy(), base.loc[common, "error"].to_numpy(),
+                            n_boot=N_BOOT)
+                rows.append(row)
+    order = {name: i for i, name in enumerate([g[0] for g in AGE_GROUPS]
+                                              + [f"{s}-shot" for s in SHOTS])}
+    return (pd.DataFrame(rows).sort_values("column", key=lambda c: c.map(order), kind="stable")
+            .reset_index(drop=True) if rows else pd.DataFrame())
+
+
+def _group_markdown(table: pd.DataFrame, cis: pd.DataFrame, baseline: str) -> list[str]:
+    """The group table; a cell shows its 95 % CI where `cis` has one."""
+    lines = ["MAE (95 % CI) by age group and, where known, by how many training images the age "
+             "has (many > 100, medium 20-100, few < 20):", "",
              "| variant | " + " | ".join(table.columns) + " |",
              "|" + " --- |" * (len(table.columns) + 1)]
+    cells_ci = ({} if cis.empty else
+                {(r.variant, r.column): r for r in cis.itertuples()})
     for variant, row in table.iterrows():
         if variant == "images":
             cells = [f"{int(v)}" if math.isfinite(v) else "varies" for v in row]
         else:
-            cells = [f"{v:.2f}" if math.isfinite(v) else "—" for v in row]
+            cells = []
+            for column, value in row.items():
+                ci = cells_ci.get((variant, column))
+                cells.append(_ci(ci.mae, ci.ci_low, ci.ci_high) if ci is not None
+                             else f"{value:.2f}" if math.isfinite(value) else "—")
         name = f"**{variant}**" if variant == baseline else variant
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def group_findings(cis: pd.DataFrame, baseline: str) -> list[str]:
+    """One sentence per variant: the groups where it differs from the baseline (95 % CI
+    excluding zero), lower first, then the groups with no measurable difference."""
+    out = []
+    if cis.empty:
+        return out
+    for variant, rows in cis[cis["diff"].notna()].groupby("variant", sort=False):
+        parts = {"lower": [], "higher": []}
+        for r in rows.itertuples():
+            if r.diff_low > 0 or r.diff_high < 0:
+                parts["higher" if r.diff > 0 else "lower"].append(
+                    f"{r.column} by {abs(r.diff):.2f} (95 % CI {r.diff_low:+.2f} to "
+                    f"{r.diff_high:+.2f})")
+        said = [f"{word} on " + ", ".join(items) for word, items in parts.items() if items]
+        same = [r.column for r in rows.itertuples() if r.diff_low <= 0 <= r.diff_high]
+        if same:
+            said.append("no measurable difference on " + ", ".join(same))
+        out.append(f"By group, {variant} against {baseline}: " + "; ".join(said) + ".")
+    return out
 
 
 def findings(table: pd.DataFrame, baseline: str, where: str = "", lowest: bool = True
@@ -211,15 +305,15 @@ def findings(table: pd.DataFrame, baseline: str, where: str = "", lowest: bool =
 def _markdown(table: pd.DataFrame, baseline: str) -> list[str]:
     show_cost = table["gflops"].notna().any() and table["gflops"].nunique() > 1
     head = "| variant | seeds | images | MAE (95 % CI) | seed s.d. | Δ vs baseline (95 % CI) |"
-    lines = [head + (" GFLOPs |" if show_cost else ""),
-             "|" + " --- |" * (6 + show_cost)]
+    lines = [head + (" GFLOPs | params (M) |" if show_cost else ""),
+             "|" + " --- |" * (6 + 2 * show_cost)]
     for r in table.itertuples():
         name = f"**{r.variant}** (baseline)" if r.variant == baseline else r.variant
         diff = _ci(r.diff, r.diff_low, r.diff_high, "+")
         sd = f"{r.seed_sd:.2f}" if math.isfinite(r.seed_sd) else "—"
         line = (f"| {name} | {r.seeds} | {r.images} | {r.mae:.2f} ({r.ci_low:.2f}, "
                 f"{r.ci_high:.2f}) | {sd} | {diff} |")
-        lines.append(line + (f" {r.gflops:.3f} |" if show_cost else ""))
+        lines.append(line + (f" {r.gflops:.3f} | {_num(r.params_m, 1)} |" if show_cost else ""))
     return lines
 
 
@@ -672,7 +766,9 @@ def suite_section(suite: SuiteResults, fig_dir: Path, rel: str) -> list[str]:
         if evaluation == suite.info["split"]:
             groups = group_table(suite, evaluation)
             if len(groups) > 2:  # at least two variants to compare
-                lines += [*_group_markdown(groups, suite.info["baseline"]), ""]
+                cis = group_cis(suite, evaluation)
+                lines += [*_group_markdown(groups, cis, suite.info["baseline"]), ""]
+                lines += [f"- {s}" for s in group_findings(cis, suite.info["baseline"])] + [""]
             for path in suite_figures(suite, table, fig_dir):
                 lines += [f"![{path.stem}]({rel}/{path.name})", ""]
     table = severity_table(suite) if severity else pd.DataFrame()

@@ -340,3 +340,73 @@ def _compact_predictions(path: Path) -> None:
     image) and with 4 decimals: under half the size, far below any resolution that matters."""
     frame = pd.read_csv(path)
     frame.drop(columns="path", errors="ignore").to_csv(path, index=False, float_format="%.4f")
+
+
+def _training_data_key(run_folder: Path) -> str | None:
+    """What decides a run's training labels: its DATA config less where the files are (the
+    full data and a resized copy hold the same labels), plus TRAIN.SEED when DATA.FRACTION
+    draws a seeded subset; None when the stored config no longer loads."""
+    from age_estimation.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(str(run_folder / "config.yaml"), [])
+    except (ConfigError, OSError, KeyError, ValueError):
+        return None
+    data = cfg.DATA.clone()
+    for key in ("ROOT", "CACHE_DIR", "NUM_WORKERS"):
+        data.pop(key)
+    seed = cfg.TRAIN.SEED if cfg.DATA.FRACTION < 1.0 else None
+    return json.dumps([data.dump(sort_keys=True), seed])
+
+
+def _checkpoint_counts(checkpoint: Path) -> list[int] | None:
+    from age_estimation.engine.checkpoint import CheckpointError, load_checkpoint
+
+    for name in ("best.pth", "last.pth"):
+        if (checkpoint / name).is_file():
+            try:
+                return load_checkpoint(checkpoint / name).get("train_age_counts")
+            except CheckpointError:
+                return None
+    return None
+
+
+def backfill_train_counts(results_dir: Path, repo: Path = REPO,
+                          log: Callable[[str], None] = print) -> dict[str, int]:
+    """Add `train_age_counts` (training images per integer age) to the evaluations of runs
+    stored before test.py recorded it: from the run's own checkpoint when it is still there,
+    else from any run's checkpoint trained on the same labels (see _training_data_key). The
+    counts are kept only when they reproduce the evaluation's stored by_shot image counts.
+    Returns how many evaluations were filled from their own checkpoint, borrowed, or skipped."""
+    from age_estimation.data.imbalance import ages_from_histogram, mae_by_shot
+
+    folders = sorted(p.parent for p in Path(results_dir).glob("*/*/metrics.json"))
+    summaries = {f: json.loads((f / "metrics.json").read_text()) for f in folders}
+    own = {f: _checkpoint_counts(repo / s["checkpoint"]) for f, s in summaries.items()}
+    keys = {f: _training_data_key(f) for f in folders}
+    by_data = {keys[f]: c for f, c in own.items() if c and keys[f] is not None}
+    done = {"own": 0, "borrowed": 0, "skipped": 0}
+    for folder, summary in summaries.items():
+        changed = False
+        for name, evaluation in summary["evaluations"].items():
+            if "train_age_counts" in evaluation or not evaluation.get("by_shot"):
+                continue
+            counts, source = own[folder], "own"
+            if not counts:
+                counts, source = by_data.get(keys[folder]), "borrowed"
+            frame = pd.read_csv(folder / f"predictions_{name}.csv")
+            stored = [e["n"] for e in evaluation["by_shot"]]
+            sizes = mae_by_shot(frame, ages_from_histogram(counts))["n"] if counts else None
+            if sizes is None or sizes.tolist() != stored:
+                log(f"{folder.parent.name}/{folder.name} {name}: no training-age counts that "
+                    f"reproduce its shot sizes {stored}; left as is")
+                done["skipped"] += 1
+                continue
+            evaluation["train_age_counts"] = counts
+            done[source] += 1
+            changed = True
+        if changed:
+            tmp = folder / ".metrics.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2, default=float))
+            tmp.replace(folder / "metrics.json")
+    return done

@@ -38,6 +38,13 @@ def age_histogram(ages: ArrayLike, num_bins: int | None = None) -> np.ndarray:
     return np.bincount(bins, minlength=num_bins or 0).astype(np.float64)
 
 
+def ages_from_histogram(counts: ArrayLike) -> np.ndarray:
+    """The integer ages an age_histogram stands for, each repeated by its count (the inverse of
+    age_histogram: checkpoints store the training labels this way)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.repeat(np.arange(len(counts)), counts)
+
+
 def smoothing_kernel(kernel: str = "gaussian", ks: int = 5, sigma: float = 2.0) -> np.ndarray:
     """Symmetric window of `ks` (odd) taps, peak 1: exp(-x²/2σ²), the triangle 1 - |x|/(h+1)
     (scipy's `triang(ks)`), or exp(-|x|/σ), for x = -h..h with h = (ks - 1) / 2.
