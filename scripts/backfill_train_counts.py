@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=REPO / "results" / "runs")
     args = parser.parse_args(argv)
     done = backfill_train_counts(args.results)
-    print(f"evaluations filled from their own checkpoint: {done['own']}, from one trained on "
+    print(f"runs filled from their own checkpoint: {done['own']}, from one trained on "
           f"the same labels: {done['borrowed']}, left without counts: {done['skipped']}")
     return 0
 

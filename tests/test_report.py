@@ -172,7 +172,7 @@ def with_shot_sizes(results: Path, tmp_path: Path, counts: list[int] | None = TR
         shots = mae_by_shot(frame, ages_from_histogram(TRAIN_COUNTS))
         summary["evaluations"]["test"]["by_shot"] = shots.to_dict(orient="records")
         if counts is not None:
-            summary["evaluations"]["test"]["train_age_counts"] = counts
+            summary["train_age_counts"] = counts
         metrics.write_text(json.dumps(summary))
     return copy
 
@@ -210,7 +210,7 @@ def test_group_cis_leave_out_the_shots_of_a_variant_whose_runs_lack_the_counts(r
     copy = with_shot_sizes(results, tmp_path)
     metrics = copy / "heads" / "head=better__seed=1" / "metrics.json"
     summary = json.loads(metrics.read_text())
-    del summary["evaluations"]["test"]["train_age_counts"]
+    del summary["train_age_counts"]
     metrics.write_text(json.dumps(summary))
     suite = next(s for s in load_results(copy) if s.name == "heads")
     cis = group_cis(suite)
@@ -248,13 +248,12 @@ def test_backfill_takes_the_counts_from_a_checkpoint_of_the_same_training_data(r
     assert messages == ["heads/head=better__seed=1 test: no training-age counts that reproduce "
                         "its shot sizes [21, 10, 10]; left as is"]
     filled = json.loads((copy / "heads" / "head=dex__seed=1" / "metrics.json").read_text())
-    assert filled["evaluations"]["test"]["train_age_counts"] == TRAIN_COUNTS
-    assert "train_age_counts" not in filled["evaluations"]["valid"]  # no by_shot there
-    assert "train_age_counts" not in json.loads(wrong.read_text())["evaluations"]["test"]
+    assert filled["train_age_counts"] == TRAIN_COUNTS
+    assert json.loads(wrong.read_text())["train_age_counts"] is None
     # Another training set (a seeded data fraction) borrows nothing.
     config = copy / "heads" / "head=dex__seed=1" / "config.yaml"
     config.write_text(config.read_text() + "DATA:\n  FRACTION: 0.5\n")
-    del filled["evaluations"]["test"]["train_age_counts"]
+    del filled["train_age_counts"]
     (config.parent / "metrics.json").write_text(json.dumps(filled))
     assert backfill_train_counts(copy, log=messages.append) == {"own": 0, "borrowed": 0,
                                                                 "skipped": 2}

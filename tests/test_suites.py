@@ -320,3 +320,22 @@ def test_model_cost_of_a_multitask_config_counts_the_backbone(tmp_path):
     cost = model_cost(multi)
     assert cost == model_cost(single)  # attribute heads are left out, the rest is the same
     assert 11.0 < cost["params_m"] < 11.5 and 0.0 < cost["gflops"] < 0.1  # resnet18, 32 px
+
+
+def test_metrics_keep_the_training_age_counts_once_per_run(tmp_path):
+    fake = FakeExecutor(constant_predictions)
+
+    def execute(command: list[str], log: Path) -> int:
+        status = fake(command, log)
+        if command[1] == "test.py":  # test.py's summary carries the checkpoint's counts
+            out = Path(_option(command, "--out")).with_suffix(".json")
+            out.write_text(json.dumps({**json.loads(out.read_text()),
+                                       "train_age_counts": [0, 3, 5]}))
+        return status
+
+    path = write_suite(tmp_path, seeds=[0])
+    assert runner_for(path, tmp_path, execute, []).run() == 0
+    metrics = json.loads(next((tmp_path / "results").glob("*/*/metrics.json")).read_text())
+    assert metrics["train_age_counts"] == [0, 3, 5]
+    assert all("train_age_counts" not in e for e in metrics["evaluations"].values())
+    assert set(metrics["evaluations"]) == {"valid", "test"}

@@ -165,10 +165,10 @@ def group_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
     return table
 
 
-def image_shots(run: dict[str, Any], frame: pd.DataFrame, evaluation: str) -> pd.Series | None:
+def image_shots(run: dict[str, Any], frame: pd.DataFrame) -> pd.Series | None:
     """Each predicted image's shot ('many', 'medium', 'few': training images of its integer age)
-    by id, from the training-age counts the evaluation recorded; None where it has none."""
-    counts = run.get("evaluations", {}).get(evaluation, {}).get("train_age_counts")
+    by id, from the training-age counts the run recorded; None where it has none."""
+    counts = run.get("train_age_counts")
     if not counts:
         return None
     return pd.Series(age_shot_groups(ages_from_histogram(counts),
@@ -188,7 +188,7 @@ def _image_groups(suite: SuiteResults, variant: str, evaluation: str) -> pd.Data
         frame = suite.predictions(run, evaluation) if run["variant"] == variant else None
         if frame is not None:
             ages.update(zip(frame["id"], frame["age"]))
-            shots.append(image_shots(run, frame, evaluation))
+            shots.append(image_shots(run, frame))
     out = pd.DataFrame({"error": errors.mean(axis=1)})
     out["group"] = age_group(out.index.map(ages).to_numpy(dtype=float))
     if all(s is not None for s in shots) and all(s.equals(shots[0]) for s in shots):

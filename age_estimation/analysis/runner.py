@@ -216,7 +216,7 @@ class SuiteRunner:
         folder = self.results / run.name
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        evaluations = {}
+        evaluations, counts = {}, None
         for name, options in self.evaluations(run):
             out = folder / f"predictions_{name}.csv"
             if self.execute(self.test_command(run, options, out), log):
@@ -226,6 +226,8 @@ class SuiteRunner:
             _compact_predictions(out)
             evaluations[name] = json.loads(out.with_suffix(".json").read_text())
             out.with_suffix(".json").unlink()  # now inside metrics.json
+            # The same for every evaluation of the run: stored once, below.
+            counts = evaluations[name].pop("train_age_counts", None) or counts
         own = self.train_dir(run.trainings[0])
         for name in ("config.yaml", "metrics.csv"):
             shutil.copy(own / name, folder / name)
@@ -240,6 +242,7 @@ class SuiteRunner:
             "wall_time": {"train_s": train_s[0], "members_train_s": sum(train_s),
                           "eval_s": time.perf_counter() - start},
             "hardware": hardware(), "cost": self.cost(run.trainings[0]),
+            "train_age_counts": counts,  # training images per integer age (the shot groups)
         }
         tmp = folder / ".metrics.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2, default=float))
@@ -373,39 +376,39 @@ def _checkpoint_counts(checkpoint: Path) -> list[int] | None:
 
 def backfill_train_counts(results_dir: Path, repo: Path = REPO,
                           log: Callable[[str], None] = print) -> dict[str, int]:
-    """Add `train_age_counts` (training images per integer age) to the evaluations of runs
-    stored before test.py recorded it: from the run's own checkpoint when it is still there,
+    """Add `train_age_counts` (training images per integer age) to the metrics.json of runs
+    stored before the runner kept it: from the run's own checkpoint when it is still there,
     else from any run's checkpoint trained on the same labels (see _training_data_key). The
-    counts are kept only when they reproduce the evaluation's stored by_shot image counts.
-    Returns how many evaluations were filled from their own checkpoint, borrowed, or skipped."""
+    counts are kept only when they reproduce every evaluation's stored by_shot image counts.
+    Returns how many runs were filled from their own checkpoint, borrowed, or skipped."""
     from age_estimation.data.imbalance import ages_from_histogram, mae_by_shot
 
     folders = sorted(p.parent for p in Path(results_dir).glob("*/*/metrics.json"))
     summaries = {f: json.loads((f / "metrics.json").read_text()) for f in folders}
+    summaries = {f: s for f, s in summaries.items() if not s.get("train_age_counts") and any(
+        e.get("by_shot") for e in s["evaluations"].values())}
     own = {f: _checkpoint_counts(repo / s["checkpoint"]) for f, s in summaries.items()}
     keys = {f: _training_data_key(f) for f in folders}
     by_data = {keys[f]: c for f, c in own.items() if c and keys[f] is not None}
     done = {"own": 0, "borrowed": 0, "skipped": 0}
     for folder, summary in summaries.items():
-        changed = False
+        counts, source = own[folder], "own"
+        if not counts:
+            counts, source = by_data.get(keys[folder]), "borrowed"
         for name, evaluation in summary["evaluations"].items():
-            if "train_age_counts" in evaluation or not evaluation.get("by_shot"):
+            if not evaluation.get("by_shot"):
                 continue
-            counts, source = own[folder], "own"
-            if not counts:
-                counts, source = by_data.get(keys[folder]), "borrowed"
             frame = pd.read_csv(folder / f"predictions_{name}.csv")
             stored = [e["n"] for e in evaluation["by_shot"]]
             sizes = mae_by_shot(frame, ages_from_histogram(counts))["n"] if counts else None
             if sizes is None or sizes.tolist() != stored:
                 log(f"{folder.parent.name}/{folder.name} {name}: no training-age counts that "
                     f"reproduce its shot sizes {stored}; left as is")
-                done["skipped"] += 1
-                continue
-            evaluation["train_age_counts"] = counts
-            done[source] += 1
-            changed = True
-        if changed:
+                source = "skipped"
+                break
+        done[source] += 1
+        if source != "skipped":
+            summary["train_age_counts"] = counts
             tmp = folder / ".metrics.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2, default=float))
             tmp.replace(folder / "metrics.json")
