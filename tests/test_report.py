@@ -262,6 +262,20 @@ def test_backfill_takes_the_counts_from_a_checkpoint_of_the_same_training_data(r
     assert main(["--results", str(copy)]) == 0
 
 
+def test_backfill_leaves_a_run_whose_predictions_are_missing(results, tmp_path):
+    copy = with_shot_sizes(results, tmp_path, counts=None)
+    run = copy / "heads" / "head=dex__seed=0"
+    torch.save({"model": {}, "config": "", "train_age_counts": TRAIN_COUNTS},
+               Path(json.loads((run / "metrics.json").read_text())["checkpoint"]) / "best.pth")
+    (run / "predictions_test.csv").unlink()
+    messages: list[str] = []
+    done = backfill_train_counts(copy, log=messages.append)
+    assert done["skipped"] == 1 and done["own"] == 1 and done["borrowed"] == 4
+    assert messages == ["heads/head=dex__seed=0 test: predictions_test.csv is missing, so its "
+                        "shot sizes cannot be checked; left as is"]
+    assert json.loads((run / "metrics.json").read_text())["train_age_counts"] is None
+
+
 def test_recipe_log_lists_every_trial_best_first_with_its_changes(results):
     suite = next(s for s in load_results(results) if s.name == "heads")
     text = recipe_log(suite)

@@ -398,7 +398,13 @@ def backfill_train_counts(results_dir: Path, repo: Path = REPO,
         for name, evaluation in summary["evaluations"].items():
             if not evaluation.get("by_shot"):
                 continue
-            frame = pd.read_csv(folder / f"predictions_{name}.csv")
+            path = folder / f"predictions_{name}.csv"
+            if not path.is_file():
+                log(f"{folder.parent.name}/{folder.name} {name}: {path.name} is missing, so its "
+                    f"shot sizes cannot be checked; left as is")
+                source = "skipped"
+                break
+            frame = pd.read_csv(path)
             stored = [e["n"] for e in evaluation["by_shot"]]
             sizes = mae_by_shot(frame, ages_from_histogram(counts))["n"] if counts else None
             if sizes is None or sizes.tolist() != stored:
