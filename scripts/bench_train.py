@@ -8,13 +8,15 @@
 The baseline is written in the style of the original yu4u/age-estimation-pytorch code: a
 Dataset that cv2.imread's and resizes each JPEG for every sample, float32 normalised
 channels-first tensors, no cache, no autocast. Both loops use the same backbone, resolution,
-batch size, head (DEX) and optimizer (AdamW: PyTorch's default implementation in the naive
-loop, as the original code used it; the fused one in train.py's, TRAIN.FUSED_OPTIMIZER), on the
-UTKFace train split. Each loads its data its own way: the naive loop with `--naive-workers`
-DataLoader workers (default 2: it decodes JPEGs, and with fewer it is slower), train.py's loop
-with DATA.NUM_WORKERS (default auto: in process on the CPU; `--workers` overrides). Images/s
-counts the whole loop, data loading included, after `--warmup` steps. `--opts` overrides the
-config of train.py's loop (e.g. `TRAIN.FUSED_OPTIMIZER False` to measure that setting).
+batch size, head (DEX), augmentation (the config's AUG.POLICY, applied per sample to the uint8
+face as train.py does; the original code augmented per sample too) and optimizer (AdamW:
+PyTorch's default implementation in the naive loop, as the original code used it; the fused
+one in train.py's, TRAIN.FUSED_OPTIMIZER), on the UTKFace train split. Each loads its data
+its own way: the naive loop with `--naive-workers` DataLoader workers (default 2: it decodes
+JPEGs, and with fewer it is slower), train.py's loop with DATA.NUM_WORKERS (default auto: in
+process on the CPU; `--workers` overrides). Images/s counts the whole loop, data loading
+included, after `--warmup` steps. `--opts` overrides the config of both loops (e.g.
+`TRAIN.FUSED_OPTIMIZER False` to measure that setting, `AUG.POLICY none` for no augmentation).
 """
 
 from __future__ import annotations
@@ -35,35 +37,37 @@ sys.path.insert(0, str(REPO))
 from age_estimation.config import load_config  # noqa: E402
 from age_estimation.data.build import loader_workers  # noqa: E402
 from age_estimation.data.datasets import default_data_dir, read_dataset  # noqa: E402
+from age_estimation.data.transforms import build_train_transform  # noqa: E402
 from age_estimation.engine.trainer import Trainer, build_optimizer  # noqa: E402
 from age_estimation.models.model import AgeModel  # noqa: E402
 
 
 class NaiveJPEGDataset(Dataset):
-    """Decode + resize + normalise every sample from its JPEG, every epoch (the baseline)."""
+    """Decode + resize + augment + normalise every sample from its JPEG, every epoch (the
+    baseline)."""
 
     MEAN = np.array([0.485, 0.456, 0.406], np.float32)
     STD = np.array([0.229, 0.224, 0.225], np.float32)
 
-    def __init__(self, paths: list[str], ages: list[float], size: int) -> None:
-        self.paths, self.ages, self.size = paths, ages, size
+    def __init__(self, paths: list[str], ages: list[float], size: int, transform=None) -> None:
+        self.paths, self.ages, self.size, self.transform = paths, ages, size, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         image = cv2.imread(self.paths[index], cv2.IMREAD_COLOR)
-        image = cv2.resize(image, (self.size, self.size))[:, :, ::-1].astype(np.float32) / 255
-        if np.random.rand() < 0.5:
-            image = image[:, ::-1]
-        image = (image - self.MEAN) / self.STD
+        image = np.ascontiguousarray(cv2.resize(image, (self.size, self.size))[:, :, ::-1])
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        image = (image.astype(np.float32) / 255 - self.MEAN) / self.STD
         return torch.from_numpy(image.transpose(2, 0, 1).copy()), np.float32(self.ages[index])
 
 
 def bench_naive(cfg, steps: int, warmup: int, workers: int) -> float:
     records = read_dataset("utkface", str(default_data_dir() / "utkface"), "train")
     dataset = NaiveJPEGDataset([r.path for r in records], [r.age for r in records],
-                               cfg.MODEL.IMG_SIZE)
+                               cfg.MODEL.IMG_SIZE, build_train_transform(cfg.AUG.POLICY))
     loader = DataLoader(dataset, batch_size=cfg.TRAIN.BATCH_SIZE, shuffle=True,
                         num_workers=workers, drop_last=True)
     torch.manual_seed(0)
@@ -154,8 +158,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--backbones", nargs="*", default=[])
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
-                        help="config overrides of train.py's loop "
-                             "(e.g. TRAIN.FUSED_OPTIMIZER False)")
+                        help="config overrides (e.g. TRAIN.FUSED_OPTIMIZER False for "
+                             "train.py's loop, AUG.POLICY none for both)")
     args = parser.parse_args()
     cfg = load_config(args.cfg, [
         "MODEL.IMG_SIZE", str(args.size), "TRAIN.BATCH_SIZE", str(args.batch),
@@ -163,7 +167,8 @@ def main() -> None:
         "OUTPUT_DIR", "/tmp/age_estimation_bench_train", "MODEL.DROPOUT", "0.0", *args.opts])
     print(f"command: {' '.join(sys.argv)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.backbone} at "
-          f"{args.size} px, batch {args.batch}, {args.steps} timed steps")
+          f"{args.size} px, batch {args.batch}, {args.steps} timed steps, augmentation "
+          f"{cfg.AUG.POLICY} in both loops")
     # The two loops alternate, --repeats times each; the medians are compared (single runs on a
     # shared 2-core machine vary by 5-10 %).
     naive_runs, our_runs = [], []

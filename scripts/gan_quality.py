@@ -6,6 +6,7 @@
 * the spread of the generated faces in that space over the real faces' spread (1 = as varied as
   real faces, near 0 = one face for every latent);
 * how well the teacher's predicted age follows the conditioning age: MAE, Pearson r, bias.
+* for the toolkit's own checkpoints, how far the generator was trained (steps, minutes).
 
     python scripts/gan_quality.py --generator ../runs/gan/utkface_dcgan64 \\
         --teacher output/utkface_resnet18_dex/best.pth --n 2000 [--json quality.json]
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from age_estimation.data.build import load_split
     from age_estimation.data.datasets import parse_data_spec
     from age_estimation.engine.checkpoint import load_model
-    from age_estimation.gan.external import load_generator
+    from age_estimation.gan.external import load_generator, training_progress
     from age_estimation.gan.quality import (
         age_features,
         age_fidelity,
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
               "frechet_n": half,
               "frechet": frechet_distance(reference, fake_features[:half]),
               "frechet_real_halves": frechet_distance(reference, other_real),
-              "spread_ratio": spread(fake_features) / spread(real_features)}
+              "spread_ratio": spread(fake_features) / spread(real_features),
+              **training_progress(args.generator)}
     print(f"Frechet distance (age-model features, {half} vs {half}) {scores['frechet']:.3f} "
           f"(real vs real: {scores['frechet_real_halves']:.3f}); spread of generated / real "
           f"faces {scores['spread_ratio']:.3f}")

@@ -320,6 +320,8 @@ def test_gan_quality_scores_equal_sized_sets_and_flags_a_collapsed_generator(
     assert own["n_real"] == own["n_generated"] == 16 and own["frechet_n"] == 8
     assert own["frechet"] > 0 and own["frechet_real_halves"] > 0 and own["spread_ratio"] > 0
     assert -1 <= own["age_pearson_r"] <= 1 and own["age_mae"] >= 0
+    # how far the generator was trained travels with its scores (the fixture: 2 steps, 1 s)
+    assert own["generator_steps"] == 2 and own["generator_minutes"] == 0.0
     collapsed = tmp_path / "one_face.ts"
     torch.jit.script(OneFace()).save(str(collapsed))
     assert gan_quality(["--generator", str(collapsed), "--z-dim", "4", *common,
@@ -327,6 +329,7 @@ def test_gan_quality_scores_equal_sized_sets_and_flags_a_collapsed_generator(
     one = json.loads((tmp_path / "one.json").read_text())
     assert one["spread_ratio"] == pytest.approx(0.0, abs=1e-6)
     assert "age_mae" not in one  # unconditional: no conditioning age to follow
+    assert "generator_steps" not in one  # a TorchScript file does not say how it was trained
 
 
 def test_train_gan_resume_continues_from_the_saved_step(csv_faces, tmp_path):

@@ -139,6 +139,19 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu",
     return _from_meta(module, meta, device, z_dim, conditional)
 
 
+def training_progress(path: str | Path) -> dict[str, float]:
+    """Steps and minutes of training of a scripts/train_gan.py checkpoint (file or run folder);
+    empty for a TorchScript generator, which does not say."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pth"
+    if is_torchscript(path):
+        return {}
+    state = load_checkpoint(path)
+    return {"generator_steps": int(state["step"]),
+            "generator_minutes": round(float(state.get("elapsed_s", 0.0)) / 60, 1)}
+
+
 def generator_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The EMA generator (eval mode) and metadata of a scripts/train_gan.py checkpoint."""
     from age_estimation.gan.defaults import gan_config_from_string

@@ -1,0 +1,41 @@
+"""The benchmark's naive baseline loop does the same per-sample work as train.py's loop."""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from helpers import load_script
+
+bench = load_script("bench_train")
+
+
+def test_naive_dataset_decodes_resizes_augments_and_normalises_each_jpeg(tmp_path):
+    # A left-dark, right-bright face so that a flip is visible.
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[:, 20:] = 200
+    cv2.imwrite(str(tmp_path / "face.png"), image)
+    plain = bench.NaiveJPEGDataset([str(tmp_path / "face.png")], [33.0], 16)
+    flipped = bench.NaiveJPEGDataset([str(tmp_path / "face.png")], [33.0], 16,
+                                     A.Compose([A.HorizontalFlip(p=1.0)]))
+    x, age = plain[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and age == np.float32(33.0)
+    # ImageNet normalisation of the dark (0) and bright (200) halves, red channel
+    assert x[0, 0, 0].item() == np.float32((0 - 0.485) / 0.229)
+    assert abs(x[0, 0, -1].item() - (200 / 255 - 0.485) / 0.229) < 1e-5
+    assert torch.equal(flipped[0][0], x.flip(-1))
+
+
+def test_naive_dataset_applies_the_configured_policy(tmp_path):
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "face.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    transform = bench.build_train_transform("basic")
+    dataset = bench.NaiveJPEGDataset([str(tmp_path / "face.png")], [20.0], 32, transform)
+    none = bench.NaiveJPEGDataset([str(tmp_path / "face.png")], [20.0], 32,
+                                  bench.build_train_transform("none"))
+    assert none.transform is None
+    # the basic policy changes the face on most draws; the unaugmented one never does
+    views = [dataset[0][0] for _ in range(6)]
+    assert sum(not torch.equal(v, none[0][0]) for v in views) >= 3
+    assert torch.equal(none[0][0], none[0][0])
