@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from age_estimation.data.build import load_split
     from age_estimation.data.datasets import parse_data_spec
     from age_estimation.engine.checkpoint import load_model
-    from age_estimation.gan.external import load_generator, training_progress
+    from age_estimation.gan.external import load_generator
     from age_estimation.gan.quality import (
         age_features,
         age_fidelity,
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
               "frechet": frechet_distance(reference, fake_features[:half]),
               "frechet_real_halves": frechet_distance(reference, other_real),
               "spread_ratio": spread(fake_features) / spread(real_features),
-              **training_progress(args.generator)}
+              **generator.training}
     print(f"Frechet distance (age-model features, {half} vs {half}) {scores['frechet']:.3f} "
           f"(real vs real: {scores['frechet_real_halves']:.3f}); spread of generated / real "
           f"faces {scores['spread_ratio']:.3f}")

@@ -226,6 +226,16 @@ def test_checkpoint_whose_pickle_runs_code_is_refused_and_nothing_runs(tmp_path,
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content", [b"garbage\n", b"", b"\x00" * 64], ids=["text", "empty",
+                                                                         "zeros"])
+def test_a_file_that_is_no_checkpoint_is_named_as_such_not_as_unsafe(tmp_path, content):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"broken\.pth is not a readable checkpoint") as err:
+        load_checkpoint(path)
+    assert "arbitrary code" not in str(err.value)
+
+
 def test_train_cli_refuses_a_code_carrying_checkpoint(tmp_path):
     path, marker = tmp_path / "evil.pth", tmp_path / "pwned"
     write_malicious(path, marker, legacy=False)

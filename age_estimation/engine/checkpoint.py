@@ -51,6 +51,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        # torch.save writes a zip (PK); before that format, a bare pickle (protocol byte 0x80).
+        if head != b"PK" and head[:1] != b"\x80":
+            raise CheckpointError(f"{path} is not a readable checkpoint: neither a torch.save "
+                                  f"file nor a pickle (corrupt, or another kind of file)") from err
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, and "
             f"loading it could run arbitrary code (torch.load weights_only=True said: "

@@ -13,7 +13,8 @@ An external generator is any TorchScript module (saved with `torch.jit.save`) wi
 Optional metadata travels inside the archive as the extra file `age_estimation_gan.json`
 (`torch.jit.save(module, path, _extra_files={"age_estimation_gan.json": json_text})`):
 `{"z_dim": int, "label_columns": ["age", ...], "vocab": {attr: [classes]}, "age_counts":
-[count of age 0, 1, ...], "attribute_counts": [[...] per attribute], "resolution": int}`.
+[count of age 0, 1, ...], "attribute_counts": [[...] per attribute], "resolution": int,
+"training": {"generator_steps": int, "generator_minutes": float}}`.
 `label_columns` present means conditional. Without the file, pass `z_dim` (and `conditional`)
 to `load_generator`. `scripts/export_gan.py` writes the toolkit's EMA generator this way.
 """
@@ -67,6 +68,8 @@ class SyntheticFaces:
     age_counts: list[int] = field(default_factory=list)
     attribute_counts: list[list[int]] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # How far it was trained ({"generator_steps", "generator_minutes"}), where it says.
+    training: dict[str, float] = field(default_factory=dict)
 
     @property
     def conditional(self) -> bool:
@@ -120,7 +123,8 @@ def _from_meta(module: torch.nn.Module, meta: dict[str, Any], device: torch.devi
     if conditional is False:
         columns = []
     return SyntheticFaces(module.to(device).eval(), int(z_dim), columns, meta.get("vocab", {}),
-                          meta.get("age_counts", []), meta.get("attribute_counts", []), device)
+                          meta.get("age_counts", []), meta.get("attribute_counts", []), device,
+                          meta.get("training", {}))
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu",
@@ -139,19 +143,6 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu",
     return _from_meta(module, meta, device, z_dim, conditional)
 
 
-def training_progress(path: str | Path) -> dict[str, float]:
-    """Steps and minutes of training of a scripts/train_gan.py checkpoint (file or run folder);
-    empty for a TorchScript generator, which does not say."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pth"
-    if is_torchscript(path):
-        return {}
-    state = load_checkpoint(path)
-    return {"generator_steps": int(state["step"]),
-            "generator_minutes": round(float(state.get("elapsed_s", 0.0)) / 60, 1)}
-
-
 def generator_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The EMA generator (eval mode) and metadata of a scripts/train_gan.py checkpoint."""
     from age_estimation.gan.defaults import gan_config_from_string
@@ -164,6 +155,8 @@ def generator_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[s
     meta = state["meta"]
     generator, _ = build_networks(cfg, attribute_classes(meta["vocab"], cfg.MODEL.ATTRIBUTES))
     generator.load_state_dict(state["model"])
+    meta = {**meta, "training": {"generator_steps": int(state["step"]),
+                                 "generator_minutes": round(state.get("elapsed_s", 0.0) / 60, 1)}}
     return generator.eval(), meta
 
 
