@@ -39,3 +39,20 @@ def test_naive_dataset_applies_the_configured_policy(tmp_path):
     views = [dataset[0][0] for _ in range(6)]
     assert sum(not torch.equal(v, none[0][0]) for v in views) >= 3
     assert torch.equal(none[0][0], none[0][0])
+
+
+def test_matmul_rate_counts_n_cubed_multiply_adds_per_product(monkeypatch):
+    clock = iter([10.0, 12.0])  # the timed products take 2 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    rate = bench.matmul_gmac_s(torch.float32, n=64, repeats=3)
+    assert rate == 64**3 * 3 / 2.0 / 1e9
+
+
+def test_backbone_cost_reports_the_training_step_rate():
+    cfg = bench.load_config(str(bench.REPO / "configs/utkface_resnet18_dex.yaml"),
+                            ["MODEL.IMG_SIZE", "32", "MODEL.BACKBONE", "resnet18"])
+    row = bench.backbone_cost(cfg, "resnet18", batch=2)
+    assert row["backbone"] == "resnet18" and abs(row["params_M"] - 11.2) < 0.2
+    assert row["train_gmac_s"] == 3 * row["GFLOPs"] * row["train_img_s"]
+    # ResNet-18's forward pass at 32 px: 1.82 GMAC at 224 px scaled by (32 / 224)^2
+    assert 0.02 < row["GFLOPs"] < 0.06
