@@ -131,28 +131,24 @@ def backbone_cost(cfg, backbone: str, batch: int) -> dict:
             model(x)
 
     model.train()
-    train_ips = _images_per_s(train_step, batch)
+    train_ips = _rate(train_step, batch)
     model.eval()
     # fvcore counts one "flop" per multiply-add.
     gmacs = flops.total() / 1e9
     return {"backbone": backbone, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "GFLOPs": gmacs, "train_img_s": train_ips, "train_gmac_s": 3 * gmacs * train_ips,
-            "infer_img_s": _images_per_s(infer_step, batch)}
+            "infer_img_s": _rate(infer_step, batch)}
 
 
 def matmul_gmac_s(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     """Multiply-adds per second (G) of one n x n @ n x n matrix product in `dtype`: the
     attainable compute of these cores, against which a training step's rate is read."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return n**3 * repeats / (time.perf_counter() - start) / 1e9
+    return _rate(lambda: a @ b, 1, repeats=repeats) * n**3 / 1e9
 
 
-def _images_per_s(step, batch: int, warmup: int = 2, repeats: int = 5) -> float:
+def _rate(step, batch: int, warmup: int = 2, repeats: int = 5) -> float:
+    """Items per second of `step`, which handles `batch` items per call, after `warmup` calls."""
     for _ in range(warmup):
         step()
     start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 import numpy as np
+import pytest
 import torch
 from helpers import load_script
 
@@ -45,7 +46,7 @@ def test_matmul_rate_counts_n_cubed_multiply_adds_per_product(monkeypatch):
     clock = iter([10.0, 12.0])  # the timed products take 2 s
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
     rate = bench.matmul_gmac_s(torch.float32, n=64, repeats=3)
-    assert rate == 64**3 * 3 / 2.0 / 1e9
+    assert rate == pytest.approx(64**3 * 3 / 2.0 / 1e9)
 
 
 def test_backbone_cost_reports_the_training_step_rate():
