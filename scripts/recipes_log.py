@@ -3,7 +3,7 @@
 
 Every trial of the suite (configs/suites/recipes.yaml, run by scripts/run_suite.py on the valid
 split) with what it changes, training minutes, valid MAE with its 95 % CI, CS@5 and machine,
-best first; trials that have not finished (or failed: see runs/logs/) are listed at the end.
+best first; trials with no result (not run yet, or failed: see runs/logs/) are listed at the end.
 """
 
 from __future__ import annotations

@@ -291,15 +291,15 @@ def test_recipe_log_lists_every_trial_best_first_with_its_changes(results):
     assert by_run["head=better__seed=1"][4].startswith("-3.000 (")
     assert by_run["head=same__seed=1"][4] == "+0.000 (+0.000, +0.000)"
     assert by_run["head=dex__seed=0"][4] == ""  # the baseline itself
-    assert "valid** split only" in text and "not finished" not in text
+    assert "valid** split only" in text and "no result" not in text
     unfinished = dict(suite.info, variants=[*suite.info["variants"], dict(
         suite.info["variants"][0], name="head=new", overrides=["TRAIN.EPOCHS", "9"]), dict(
         suite.info["variants"][0], name="head=file", cfg="/elsewhere/release.yaml",
         overrides=[], test_args=["--tta", "flip"])])
     text = recipe_log(type(suite)(suite.name, unfinished, suite.folder, suite.runs))
-    assert "| head=new | `TRAIN.EPOCHS 9` | not finished" in text
+    assert "| head=new | `TRAIN.EPOCHS 9` | no result (not run yet" in text
     # its own config file, and its test.py options as one change
-    assert "| head=file | `--cfg release.yaml`, `--tta flip` | not finished" in text
+    assert "| head=file | `--cfg release.yaml`, `--tta flip` | no result (not run yet" in text
 
 
 def test_recipes_log_script_writes_the_log_or_names_a_missing_suite(results, tmp_path, capsys):
