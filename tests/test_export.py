@@ -123,7 +123,8 @@ def test_bundle_is_small_loads_safely_and_fills_the_card(checkpoint, crops, tmp_
     run_dir.mkdir()
     source = run_dir / "best.pth"
     source.write_bytes(checkpoint.read_bytes())
-    # Epoch 3 is after the checkpoint's epoch 2: the card's wall time must not count it.
+    # Epoch 3 is after the checkpoint's epoch 2: the time to the checkpoint does not count it,
+    # the whole run's time does.
     (run_dir / "metrics.csv").write_text(
         "epoch,train_loss,valid_mae,lr,epoch_seconds,images_per_s\n"
         "1,4.0,11.0,0.002,1800.0,100\n2,3.5,9.0,0.001,1800.0,100\n3,3.4,8.0,0.0,900.0,100\n")
@@ -161,6 +162,7 @@ def test_bundle_is_small_loads_safely_and_fills_the_card(checkpoint, crops, tmp_
     assert "| 60+ | 300 | 9.61 | -6.80 |" in text  # the by-age-group table
     assert "MAE 6.79 years (95 % bootstrap CI 6.10–7.20), CS@5 0.480 on 505 images" in text
     assert "1.00 h (3600 s" in text  # epochs 1-2 of metrics.csv
+    assert "the whole run took 1.25 h (4500 s)" in text  # epochs 1-3
     assert "best valid MAE 12.50" in text and f"IMG_SIZE: {IMG_SIZE}" in text
     # Re-bundling refills the same markers instead of appending.
     assert bundle_model([str(source), "--out", str(bundle), "--card", str(card)]) == 0

@@ -75,14 +75,22 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
 # ------------------------------------------------------------------------------ bundling
 
 
-def _run_wall_seconds(run_dir: Path, epochs: int) -> float | None:
-    """Training wall time of the first `epochs` epochs, from the run's metrics.csv."""
+def _run_wall_seconds(run_dir: Path, epochs: int | None = None) -> float | None:
+    """Training wall time of the first `epochs` epochs (all when None), from the run's
+    metrics.csv."""
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return None
     with path.open() as handle:
-        rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= epochs]
+        rows = [r for r in csv.DictReader(handle) if epochs is None or int(r["epoch"]) <= epochs]
     return sum(float(r["epoch_seconds"]) for r in rows) if rows else None
+
+
+def _whole_run(meta: dict[str, Any]) -> str:
+    """The whole run's time when the checkpoint is an earlier epoch (a best.pth of a fixed
+    schedule only comes out of the whole run)."""
+    run, wall = meta.get("run_wall_seconds"), meta.get("train_wall_seconds")
+    return f"; the whole run took {run / 3600:.2f} h ({run:.0f} s)" if run and run > wall else ""
 
 
 def _check_same_model(summary: dict[str, Any], checkpoints: Sequence[Path],
@@ -130,6 +138,8 @@ def bundle_checkpoint(checkpoint: str | Path, out: str | Path, test_json: str | 
         "epoch": epoch,
         "best_valid_mae": float(state["best_mae"]) if "best_mae" in state else None,
         "train_wall_seconds": _run_wall_seconds(run_dir, epoch) if epoch else None,
+        # a best.pth picked from a fixed schedule costs the whole run to reproduce
+        "run_wall_seconds": _run_wall_seconds(run_dir),
         "command": command,
         "bundled": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": str(torch.__version__),  # a TorchVersion object would not load safely
@@ -218,7 +228,8 @@ def model_card_fields(bundle: str | Path) -> dict[str, str]:
                   f"{_fmt(meta.get('best_valid_mae'))} years",
         "command": f"`{command}`",
         "wall_time": (f"{wall / 3600:.2f} h ({wall:.0f} s, sum of epoch_seconds in "
-                      f"metrics.csv)" if wall else "unknown (no metrics.csv next to the source)"),
+                      f"metrics.csv up to the checkpoint's epoch){_whole_run(meta)}" if wall
+                      else "unknown (no metrics.csv next to the source)"),
         "test": _evaluation_line(test) if test else "not evaluated (pass --test_json to "
                                                     "bundle_model.py)",
         "by_age_group": _age_group_table(test) if test else "not evaluated",
