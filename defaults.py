@@ -74,6 +74,10 @@ _C.MODEL.HEAD = "dex"
 _C.MODEL.MAX_AGE = 100
 # Label smoothing of the dex / residual_dex targets (0 = none).
 _C.MODEL.LABEL_SMOOTHING = 0.0
+# Width in years of the dldl head's Gaussian label distribution around the true age.
+_C.MODEL.DLDL_SIGMA = 2.0
+# Weight of the dldl head's L1 term on the softmax expectation relative to its KL divergence.
+_C.MODEL.DLDL_L1_WEIGHT = 1.0
 # Ordinal head variant: coral | corn.
 _C.MODEL.ORDINAL = "coral"
 # Variance of the gaussian / laplace heads: hetero (predicted per image) | homo (one parameter).
@@ -140,6 +144,11 @@ _C.TRAIN.WEIGHT_DECAY = 0.05
 # the parameter tensors: 7x slower for ResNet-18 on a 2-core CPU). A resumed run keeps the
 # setting it started with (the optimizer's state stores it).
 _C.TRAIN.FUSED_OPTIMIZER = True
+# Convolutions whose output map has at most this many pixels train as one bf16 matrix product
+# on the CPU (age_estimation/models/matmul_conv.py: oneDNN is slow on small maps; ResNet-18's
+# training loop 1.35x faster at 96 px on an AMX CPU, results/bench/train*.md): -1 = auto (16 on
+# a CPU with AMX, off elsewhere), 0 = off, N = N on any CPU. Never on a GPU or at inference.
+_C.TRAIN.MATMUL_CONV_MAX_AREA = -1
 # Learning-rate schedule: cosine | step (x0.1 at TRAIN.STEPS epochs).
 _C.TRAIN.SCHEDULE = "cosine"
 # Epochs at which the step schedule divides the learning rate by 10.

@@ -4,6 +4,7 @@
         [--opts KEY VALUE ...]
     python scripts/bench_train.py --backbones resnet18 resnet50 efficientnet_b0 \
         mobilenetv3_large_100 --size 96          # + per-backbone cost table
+    python scripts/bench_train.py --conv-table   # + each convolution: oneDNN vs matrix products
 
 The per-backbone table also puts each training step's arithmetic rate (3x the forward pass's
 multiply-adds per image, the usual estimate for forward + backward, times images/s) next to what
@@ -29,11 +30,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +47,13 @@ from age_estimation.data.build import loader_workers  # noqa: E402
 from age_estimation.data.datasets import default_data_dir, read_dataset  # noqa: E402
 from age_estimation.data.transforms import build_train_transform  # noqa: E402
 from age_estimation.engine.trainer import Trainer, build_optimizer  # noqa: E402
+from age_estimation.models.matmul_conv import (  # noqa: E402
+    amx_available,
+    convertible,
+    matmul_conv2d,
+    resolve_max_area,
+    use_matmul_convs,
+)
 from age_estimation.models.model import AgeModel  # noqa: E402
 
 
@@ -110,7 +120,9 @@ def backbone_cost(cfg, backbone: str, batch: int) -> dict:
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.BACKBONE = backbone
-    model = AgeModel(cfg).to(memory_format=torch.channels_last)
+    model = AgeModel(cfg)
+    use_matmul_convs(model, resolve_max_area(cfg.TRAIN.MATMUL_CONV_MAX_AREA, torch.device("cpu")))
+    model = model.to(memory_format=torch.channels_last)
     size = cfg.MODEL.IMG_SIZE
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -138,6 +150,48 @@ def backbone_cost(cfg, backbone: str, batch: int) -> dict:
     return {"backbone": backbone, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "GFLOPs": gmacs, "train_img_s": train_ips, "train_gmac_s": 3 * gmacs * train_ips,
             "infer_img_s": _rate(infer_step, batch)}
+
+
+def conv_table(cfg, batch: int) -> list[dict]:
+    """Each distinct convolution of the config's backbone at MODEL.IMG_SIZE that
+    TRAIN.MATMUL_CONV_MAX_AREA could route: milliseconds of one bf16 forward + backward
+    through oneDNN (F.conv2d) and through the matrix products (matmul_conv2d), channels_last."""
+    model = AgeModel(cfg).eval()
+    size = cfg.MODEL.IMG_SIZE
+    seen: dict[tuple, torch.nn.Conv2d] = {}
+
+    def record(conv, inputs, output):
+        key = (conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0],
+               *inputs[0].shape[-2:], *output.shape[-2:])
+        seen.setdefault(key, conv)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if convertible(m)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+    for hook in hooks:
+        hook.remove()
+    rows = []
+    for (c_in, c_out, kernel, stride, h, w, ho, wo), conv in seen.items():
+        x = torch.randn(batch, c_in, h, w, dtype=torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        weight = conv.weight.detach().to(torch.bfloat16).requires_grad_(True)
+        grad = torch.randn(batch, c_out, ho, wo, dtype=torch.bfloat16)
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        geometry = (x, weight, stride, conv.padding[0], grad)
+        rows.append({"conv": f"{c_in}->{c_out} k{kernel} s{stride}", "input": f"{h}x{w}",
+                     "output": f"{ho}x{wo}",
+                     "onednn_ms": 1e3 / _rate(partial(_conv_pass, _onednn_conv, *geometry), 1),
+                     "matmul_ms": 1e3 / _rate(partial(_conv_pass, matmul_conv2d, *geometry), 1)})
+    return rows
+
+
+def _onednn_conv(x, weight, stride: int, padding: int):
+    return F.conv2d(x, weight, None, stride, padding)
+
+
+def _conv_pass(conv, x, weight, stride: int, padding: int, grad) -> None:
+    """One forward + backward (input and weight gradients) of `conv`."""
+    conv(x, weight, stride, padding).backward(grad)
 
 
 def matmul_gmac_s(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
@@ -172,6 +226,9 @@ def main() -> None:
     parser.add_argument("--naive-workers", type=int, default=2)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--backbones", nargs="*", default=[])
+    parser.add_argument("--conv-table", action="store_true",
+                        help="also time each convolution of --backbone through oneDNN and "
+                             "through the matrix products (TRAIN.MATMUL_CONV_MAX_AREA)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="config overrides (e.g. TRAIN.FUSED_OPTIMIZER False for "
                              "train.py's loop, AUG.POLICY none for both)")
@@ -181,7 +238,8 @@ def main() -> None:
         "MODEL.BACKBONE", args.backbone, "DATA.NUM_WORKERS", str(args.workers),
         "OUTPUT_DIR", "/tmp/age_estimation_bench_train", "MODEL.DROPOUT", "0.0", *args.opts])
     print(f"command: {' '.join(sys.argv)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.backbone} at "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
+          f"({'with' if amx_available() else 'no'} AMX), {args.backbone} at "
           f"{args.size} px, batch {args.batch}, {args.steps} timed steps, augmentation "
           f"{cfg.AUG.POLICY} in both loops")
     # The two loops alternate, --repeats times each; the medians are compared (single runs on a
@@ -200,6 +258,16 @@ def main() -> None:
           f"workers): "
           f"{ours:8.1f} images/s")
     print(f"speed-up: {ours / naive:.2f}x")
+    max_area = resolve_max_area(cfg.TRAIN.MATMUL_CONV_MAX_AREA, torch.device("cpu"))
+    print(f"TRAIN.MATMUL_CONV_MAX_AREA {cfg.TRAIN.MATMUL_CONV_MAX_AREA}: convolutions with "
+          f"output maps of at most {max_area} pixels train as matrix products in train.py's "
+          f"loop and the per-backbone table (0: none); the naive loop never")
+    if args.conv_table:
+        print(f"\n| {args.backbone} convolution | input | output | oneDNN fwd + bwd (ms) | "
+              f"matrix products fwd + bwd (ms) | ratio |\n| --- | --- | --- | ---: | ---: | ---: |")
+        for r in conv_table(cfg, args.batch):
+            print(f"| {r['conv']} | {r['input']} | {r['output']} | {r['onednn_ms']:.2f} | "
+                  f"{r['matmul_ms']:.2f} | {r['onednn_ms'] / r['matmul_ms']:.2f}x |")
     if args.backbones:
         rows = [backbone_cost(cfg, name, args.batch) for name in args.backbones]
         bf16 = matmul_gmac_s(torch.bfloat16)

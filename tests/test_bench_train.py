@@ -57,3 +57,15 @@ def test_backbone_cost_reports_the_training_step_rate():
     assert row["train_gmac_s"] == 3 * row["GFLOPs"] * row["train_img_s"]
     # ResNet-18's forward pass at 32 px: 1.82 GMAC at 224 px scaled by (32 / 224)^2
     assert 0.02 < row["GFLOPs"] < 0.06
+
+
+def test_conv_table_times_each_distinct_convolution_both_ways():
+    cfg = bench.load_config(str(bench.REPO / "configs/utkface_resnet18_dex.yaml"),
+                            ["MODEL.IMG_SIZE", "32"])
+    rows = bench.conv_table(cfg, batch=2)
+    # ResNet-18's distinct convolutions: stem, 2 per stage after the first's 1, plus 3 shortcuts
+    assert [r["conv"] for r in rows][:2] == ["3->64 k7 s2", "64->64 k3 s1"]
+    assert len(rows) == 11
+    assert rows[0]["input"] == "32x32" and rows[0]["output"] == "16x16"
+    assert rows[-1]["output"] == "1x1"  # layer4's shortcut at 32 px
+    assert all(r["onednn_ms"] > 0 and r["matmul_ms"] > 0 for r in rows)

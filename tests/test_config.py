@@ -101,7 +101,7 @@ def test_base_file_is_merged_first(tmp_path):
 
 def test_shipped_formulation_configs_select_their_head():
     heads = {load_config(str(p)).MODEL.HEAD for p in (REPO / "configs").glob("utkface_*.yaml")}
-    assert heads == {"l1", "l2", "dex", "residual_dex", "ordinal", "gaussian", "laplace"}
+    assert heads == {"l1", "l2", "dex", "dldl", "residual_dex", "ordinal", "gaussian", "laplace"}
 
 
 def test_auto_loader_workers_load_in_process_on_the_cpu(monkeypatch):

@@ -18,7 +18,8 @@ def make_head(name: str, **model_keys):
 
 
 def test_registry_has_every_formulation():
-    assert set(HEADS) == {"l1", "l2", "dex", "residual_dex", "ordinal", "gaussian", "laplace"}
+    assert set(HEADS) == {"l1", "l2", "dex", "dldl", "residual_dex", "ordinal", "gaussian",
+                          "laplace"}
 
 
 def test_dex_expectation_of_one_hot_is_that_age():
@@ -61,6 +62,35 @@ def test_dex_loss_is_cross_entropy_against_two_hot():
     expected0 = -(0.75 * logp[0, 10] + 0.25 * logp[0, 11])
     assert loss[0].item() == pytest.approx(expected0.item(), rel=1e-5)
     assert loss[1].item() == pytest.approx(-logp[1, 40].item(), rel=1e-5)
+
+
+def test_dldl_targets_are_a_discretised_gaussian_around_the_age():
+    head = make_head("dldl", DLDL_SIGMA=3.0)
+    targets = head.soft_targets(torch.tensor([40.0, 0.0, 130.0]))
+    assert torch.allclose(targets.sum(dim=1), torch.ones(3))
+    # centred at 40 with std 3: the ratio of neighbouring bins is the Gaussian's
+    assert (targets[0] * head.ages).sum().item() == pytest.approx(40.0, abs=1e-4)
+    spread = (targets[0] * (head.ages - 40).square()).sum().sqrt().item()
+    assert spread == pytest.approx(3.0, abs=1e-3)
+    assert (targets[0, 43] / targets[0, 40]).item() == pytest.approx(math.exp(-0.5), rel=1e-4)
+    # ages beyond the classes are clamped to the last one, as for DEX
+    assert targets[2].argmax().item() == 100 and targets[1].argmax().item() == 0
+
+
+def test_dldl_loss_is_kl_plus_weighted_l1_of_the_expectation():
+    head = make_head("dldl", DLDL_L1_WEIGHT=0.5)
+    logits = torch.randn(2, 101)
+    ages = torch.tensor([10.0, 63.5])
+    target = head.soft_targets(ages)
+    log_probs = torch.log_softmax(logits, dim=1)
+    kl = (torch.special.xlogy(target, target) - target * log_probs).sum(dim=1)
+    expectation = (log_probs.exp() * torch.arange(101.0)).sum(dim=1)
+    expected = kl + 0.5 * (expectation - ages).abs()
+    assert torch.allclose(head.loss(logits, {"age": ages}), expected, atol=1e-5)
+    # the KL part vanishes where the softmax is the label distribution itself
+    exact = head.loss(target.clamp_min(1e-30).log(), {"age": ages})
+    assert torch.allclose(exact, 0.5 * ((target * head.ages).sum(dim=1) - ages).abs(),
+                          atol=1e-4)
 
 
 def test_residual_dex_target_uses_the_unrounded_age():

@@ -38,6 +38,7 @@ from age_estimation.data.transforms import build_train_transform
 from age_estimation.engine.checkpoint import load_checkpoint, save_checkpoint
 from age_estimation.engine.evaluation import predict_records
 from age_estimation.models.attributes import attribute_vocab, encode_attributes
+from age_estimation.models.matmul_conv import resolve_max_area, use_matmul_convs
 from age_estimation.models.model import AgeModel
 
 logger = logging.getLogger(__name__)
@@ -202,6 +203,10 @@ class Trainer:
         self.attribute_labels = encode_attributes(self.train_records + synthetic_records,
                                                   self.attribute_vocab).to(self.device)
         self.model = AgeModel(cfg, self.attribute_vocab).to(self.device)
+        max_area = resolve_max_area(cfg.TRAIN.MATMUL_CONV_MAX_AREA, self.device)
+        if use_matmul_convs(self.model, max_area):
+            logger.info("convolutions with output maps of at most %d pixels train as matrix "
+                        "products (TRAIN.MATMUL_CONV_MAX_AREA)", max_area)
         if cfg.TRAIN.CHANNELS_LAST:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model

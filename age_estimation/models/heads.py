@@ -147,6 +147,31 @@ class DEXHead(_AgeClasses):
         return distribution_prediction(outputs.softmax(dim=1), self.ages)
 
 
+@register_head("dldl")
+class DLDLHead(DEXHead):
+    """DLDL-v2 (Gao et al., IJCAI 2018): the softmax over ages is fitted to a Gaussian label
+    distribution N(age, MODEL.DLDL_SIGMA^2) discretised on 0..MAX_AGE (KL divergence), plus
+    MODEL.DLDL_L1_WEIGHT x |expectation - age|, which ties the trained quantity to the metric.
+    Prediction: the expectation, as DEX."""
+
+    def __init__(self, in_features: int, cfg: CfgNode) -> None:
+        super().__init__(in_features, cfg)
+        self.sigma, self.l1_weight = cfg.MODEL.DLDL_SIGMA, cfg.MODEL.DLDL_L1_WEIGHT
+
+    def soft_targets(self, age: Tensor) -> Tensor:
+        """The Gaussian label distribution of each (clamped) age, rows summing to 1."""
+        age = age.clamp(0, self.num_classes - 1)
+        log_density = -0.5 * ((self.ages[None, :] - age[:, None]) / self.sigma).square()
+        return log_density.softmax(dim=1)
+
+    def loss(self, outputs: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        targets = self.soft_targets(batch["age"])
+        log_probs = F.log_softmax(outputs, dim=1)
+        kl = (targets * (targets.clamp_min(1e-12).log() - log_probs)).sum(dim=1)
+        expectation = (log_probs.exp() * self.ages).sum(dim=1)
+        return kl + self.l1_weight * (expectation - batch["age"]).abs()
+
+
 @register_head("residual_dex")
 class ResidualDEXHead(_AgeClasses):
     """DEX plus a regressed residual per age bin: prediction = sum_k p_k (k + r_k).
