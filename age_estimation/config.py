@@ -70,9 +70,10 @@ def validate(cfg: CfgNode) -> None:
     if cfg.DATA.NUM_WORKERS < -1:
         raise ConfigError(f"DATA.NUM_WORKERS = {cfg.DATA.NUM_WORKERS}: expected -1 (auto), 0 (load "
                           f"in the training process) or a number of worker processes")
-    if cfg.MODEL.DLDL_SIGMA <= 0 or cfg.MODEL.DLDL_L1_WEIGHT < 0:
-        raise ConfigError(f"MODEL.DLDL_SIGMA = {cfg.MODEL.DLDL_SIGMA}, MODEL.DLDL_L1_WEIGHT = "
-                          f"{cfg.MODEL.DLDL_L1_WEIGHT}: expected a width > 0 and a weight >= 0")
+    if cfg.MODEL.DLDL_SIGMA <= 0:
+        raise ConfigError(f"MODEL.DLDL_SIGMA = {cfg.MODEL.DLDL_SIGMA}: expected a width > 0 years")
+    if cfg.MODEL.DLDL_L1_WEIGHT < 0:
+        raise ConfigError(f"MODEL.DLDL_L1_WEIGHT = {cfg.MODEL.DLDL_L1_WEIGHT}: expected >= 0")
     if cfg.TRAIN.MATMUL_CONV_MAX_AREA < -1:
         raise ConfigError(f"TRAIN.MATMUL_CONV_MAX_AREA = {cfg.TRAIN.MATMUL_CONV_MAX_AREA}: "
                           f"expected -1 (auto), 0 (off) or a largest output map in pixels")

@@ -231,3 +231,11 @@ def test_total_std_treats_a_missing_aleatoric_part_per_image():
     std = prediction.std
     assert torch.isnan(std[0])  # no spread of any kind: unknown, not 0
     assert std[1].item() == pytest.approx(4.0) and std[2].item() == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("key, value", [("DLDL_SIGMA", "0.0"), ("DLDL_L1_WEIGHT", "-1.0")])
+def test_config_refuses_a_meaningless_dldl_setting(key, value):
+    from age_estimation.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=rf"MODEL\.{key} = {value}"):
+        load_config(None, [f"MODEL.{key}", value])
