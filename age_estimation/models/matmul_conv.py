@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Output maps of at most this many pixels use the matrix product when TRAIN.MATMUL_CONV_MAX_AREA
-# is -1 (auto) on an AMX CPU: the 3x3 and 4x4 maps where it was measured faster, not ResNet-18's
-# 6x6 layer3 maps at 96 px, where oneDNN was (scripts/bench_train.py --conv-table).
+# is -1 (auto) on an AMX CPU: the 3x3 and 4x4 maps, where it was measured 2.4-3.1x faster, not
+# ResNet-18's 6x6 layer3 maps at 96 px, where the two were even for the 3x3 convolutions
+# (scripts/bench_train.py --conv-table, results/bench/train.md).
 AUTO_MAX_AREA = 16
 
 
