@@ -196,3 +196,16 @@ def test_trainer_routes_by_the_setting_and_writes_plain_checkpoints(setting, tmp
     assert routed == (20 if setting else 0)
     plain = AgeModel(cfg)
     plain.load_state_dict(load_checkpoint(tmp_path / "run" / "last.pth")["model"])  # strict
+
+
+def test_unbatched_and_too_small_inputs_get_nn_conv2d_behaviour(monkeypatch):
+    calls = _spy(monkeypatch)
+    conv = MatmulConv2d(4, 4, 3, 1, 0)
+    conv.max_area = 16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        unbatched = conv(torch.randn(4, 4, 4))  # [C, H, W], which nn.Conv2d accepts
+        assert unbatched.shape == (4, 2, 2)
+        # a 1x1 map under a 3x3 kernel without padding: PyTorch's own error, not a bad shape
+        with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+            conv(torch.randn(2, 4, 1, 1))
+    assert calls == []

@@ -167,7 +167,7 @@ class DLDLHead(DEXHead):
     def loss(self, outputs: Tensor, batch: dict[str, Tensor]) -> Tensor:
         targets = self.soft_targets(batch["age"])
         log_probs = F.log_softmax(outputs, dim=1)
-        kl = (targets * (targets.clamp_min(1e-12).log() - log_probs)).sum(dim=1)
+        kl = (torch.special.xlogy(targets, targets) - targets * log_probs).sum(dim=1)
         expectation = (log_probs.exp() * self.ages).sum(dim=1)
         return kl + self.l1_weight * (expectation - batch["age"]).abs()
 

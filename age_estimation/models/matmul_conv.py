@@ -109,14 +109,16 @@ class MatmulConv2d(nn.Conv2d):
     max_area: int = 0
 
     def _takes_matmul(self, x: Tensor) -> bool:
-        if x.device.type != "cpu" or not torch.is_grad_enabled():
+        # Unbatched [C, H, W] inputs and maps smaller than the kernel go to nn.Conv2d, which
+        # handles the one and names the problem of the other.
+        if x.device.type != "cpu" or not torch.is_grad_enabled() or x.dim() != 4:
             return False
         bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu") and
                                              torch.get_autocast_dtype("cpu") == torch.bfloat16)
         kernel, stride, padding = self.kernel_size[0], self.stride[0], self.padding[0]
-        area = (_windows(x.shape[-2], kernel, stride, padding)
-                * _windows(x.shape[-1], kernel, stride, padding))
-        return bf16 and area <= self.max_area
+        rows = _windows(x.shape[-2], kernel, stride, padding)
+        cols = _windows(x.shape[-1], kernel, stride, padding)
+        return bf16 and rows > 0 and cols > 0 and rows * cols <= self.max_area
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if not self._takes_matmul(input):
