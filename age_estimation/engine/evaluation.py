@@ -53,7 +53,8 @@ def combine_frames(frames: Sequence[pd.DataFrame], weights: Sequence[float]) -> 
         if frame["id"].tolist() != ids:
             raise ValueError("predictions to combine cover different images (a member's cache "
                              "skipped or reordered some); expected the same ids in one order")
-    prediction = combine([Prediction(*(torch.as_tensor(f[k].to_numpy(np.float64)) for k in (
+    # torch.tensor copies: pandas may hand out read-only views, which torch warns about.
+    prediction = combine([Prediction(*(torch.tensor(f[k].to_numpy(np.float64)) for k in (
         "pred", "std_aleatoric", "std_epistemic"))) for f in frames], weights)
     out = frames[0].copy()
     out["pred"], out["std"] = prediction.mean.numpy(), prediction.std.numpy()
