@@ -222,10 +222,11 @@ def test_ensemble_card_lists_members_and_refuses_a_summary_of_other_models(check
     assert bundle_model([str(members[0]), "--members", str(members[1])]) == 2
 
 
-def test_the_released_ensemble_is_in_the_repository():
-    """Every member the ensemble's card tells users to run is committed and loads at the input
+@pytest.mark.parametrize("folder", ["ensemble", "previous_ensemble"])
+def test_the_released_ensembles_are_in_the_repository(folder):
+    """Every member an ensemble's card tells users to run is committed and loads at the input
     size its members table states (a .gitignore rule once kept the member files out)."""
-    card = (REPO / "models" / "ensemble" / "README.md").read_text()
+    card = (REPO / "models" / folder / "README.md").read_text()
     usage = card.split("<!-- usage -->")[1].split("<!-- /usage -->")[0]
     members = [word for word in usage.strip("`").split() if word.endswith(".pth")]
     assert len(members) >= 2, usage
