@@ -157,7 +157,9 @@ _C.TRAIN.STEPS = [20, 25]
 _C.TRAIN.WARMUP_EPOCHS = 1.0
 # Seed of everything random (weights, data order, augmentation, subsets).
 _C.TRAIN.SEED = 0
-# bf16 autocast (CPU with AVX-512-BF16 / AMX, or CUDA); fp32 when False.
+# bf16 autocast (training and evaluation) where the device computes bf16 natively (CPU with
+# AVX-512-BF16 / AMX, CUDA with bf16); fp32 elsewhere, where emulated bf16 is ~10x slower
+# (age_estimation/hardware.py). False: fp32 everywhere.
 _C.TRAIN.AMP = True
 # channels_last memory format (faster convolutions on CPU and tensor cores).
 _C.TRAIN.CHANNELS_LAST = True

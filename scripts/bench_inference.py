@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from age_estimation.data.build import load_split
     from age_estimation.engine.checkpoint import load_model
     from age_estimation.engine.inference import parse_tta, predict_loader
+    from age_estimation.hardware import amp_enabled, precision_name
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,21 +79,21 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{source}, {size} px, batch {batch_size}, {device} "
           f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-          f"AMP {cfg.TRAIN.AMP}, best of {args.repeats}")
+          f"{precision_name(cfg.TRAIN.AMP, device)}, best of {args.repeats}")
     if model.dropout.p == 0:
         print(f"mc-dropout-{MC_SAMPLES}: skipped, the checkpoint has MODEL.DROPOUT 0")
     print(f"{'mode':<16} {'models':>6} {'views':>5} {'mc':>4} {'seconds':>8} {'img/s':>8} "
           f"{'vs plain':>8}")
-    plain_speed = None
+    plain_speed, amp = None, amp_enabled(cfg.TRAIN.AMP, device)
     for name, models, n_views, mc in modes:
         views = parse_tta(n_views)
-        predict_loader(models, batches[:1], views, mc, amp=cfg.TRAIN.AMP, device=device)  # warm-up
+        predict_loader(models, batches[:1], views, mc, amp=amp, device=device)  # warm-up
         best = float("inf")
         for _ in range(max(1, args.repeats)):
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            predict_loader(models, batches, views, mc, amp=cfg.TRAIN.AMP, device=device)
+            predict_loader(models, batches, views, mc, amp=amp, device=device)
             if device == "cuda":
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - start)

@@ -5,11 +5,14 @@
     python scripts/bench_train.py --backbones resnet18 resnet50 efficientnet_b0 \
         mobilenetv3_large_100 --size 96          # + per-backbone cost table
     python scripts/bench_train.py --conv-table   # + each convolution: oneDNN vs matrix products
+    python scripts/bench_train.py --precision-table  # + --backbone's steps in fp32 and bf16
 
 The per-backbone table also puts each training step's arithmetic rate (3x the forward pass's
 multiply-adds per image, the usual estimate for forward + backward, times images/s) next to what
-one large bf16 matrix multiply reaches on the same cores: how far the step is from this CPU's
-attainable compute, i.e. how much faster any loop could still make it.
+one large matrix multiply in the training precision reaches on the same cores: how far the step
+is from this CPU's attainable compute, i.e. how much faster any loop could still make it.
+The training precision is what TRAIN.AMP resolves to here (age_estimation/hardware.py): bf16
+autocast on a CPU that computes bf16 natively (AVX-512-BF16 or AMX), fp32 on any other.
 
 The baseline is written in the style of the original yu4u/age-estimation-pytorch code: a
 Dataset that cv2.imread's and resizes each JPEG for every sample, float32 normalised
@@ -47,6 +50,7 @@ from age_estimation.data.build import loader_workers  # noqa: E402
 from age_estimation.data.datasets import default_data_dir, read_dataset  # noqa: E402
 from age_estimation.data.transforms import build_train_transform  # noqa: E402
 from age_estimation.engine.trainer import Trainer, build_optimizer  # noqa: E402
+from age_estimation.hardware import amp_enabled, cpu_has, precision_name  # noqa: E402
 from age_estimation.models.matmul_conv import (  # noqa: E402
     amx_available,
     convertible,
@@ -113,8 +117,9 @@ def bench_toolkit(cfg, steps: int) -> float:
     return trainer.train_one_epoch(1)[1]
 
 
-def backbone_cost(cfg, backbone: str, batch: int) -> dict:
-    """Parameters, FLOPs (fvcore, one image), train and inference images/s on synthetic data."""
+def backbone_cost(cfg, backbone: str, batch: int, amp: bool) -> dict:
+    """Parameters, FLOPs (fvcore, one image), train and inference images/s on synthetic data,
+    with bf16 autocast when `amp`, else in fp32."""
     from fvcore.nn import FlopCountAnalysis
 
     cfg = cfg.clone()
@@ -132,14 +137,14 @@ def backbone_cost(cfg, backbone: str, batch: int) -> dict:
     optimizer = build_optimizer(cfg, model, torch.device("cpu"))  # as train.py's
 
     def train_step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             loss = model.head.loss(model(x), ages).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     def infer_step():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             model(x)
 
     model.train()
@@ -152,9 +157,9 @@ def backbone_cost(cfg, backbone: str, batch: int) -> dict:
             "infer_img_s": _rate(infer_step, batch)}
 
 
-def conv_table(cfg, batch: int) -> list[dict]:
+def conv_table(cfg, batch: int, dtype: torch.dtype) -> list[dict]:
     """Each distinct convolution of the config's backbone at MODEL.IMG_SIZE that
-    TRAIN.MATMUL_CONV_MAX_AREA could route: milliseconds of one bf16 forward + backward
+    TRAIN.MATMUL_CONV_MAX_AREA could route: milliseconds of one forward + backward in `dtype`
     through oneDNN (F.conv2d) and through the matrix products (matmul_conv2d), channels_last."""
     model = AgeModel(cfg).eval()
     size = cfg.MODEL.IMG_SIZE
@@ -172,10 +177,10 @@ def conv_table(cfg, batch: int) -> list[dict]:
         hook.remove()
     rows = []
     for (c_in, c_out, kernel, stride, h, w, ho, wo), conv in seen.items():
-        x = torch.randn(batch, c_in, h, w, dtype=torch.bfloat16)
+        x = torch.randn(batch, c_in, h, w, dtype=dtype)
         x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-        weight = conv.weight.detach().to(torch.bfloat16).requires_grad_(True)
-        grad = torch.randn(batch, c_out, ho, wo, dtype=torch.bfloat16)
+        weight = conv.weight.detach().to(dtype).requires_grad_(True)
+        grad = torch.randn(batch, c_out, ho, wo, dtype=dtype)
         grad = grad.contiguous(memory_format=torch.channels_last)
         geometry = (x, weight, stride, conv.padding[0], grad)
         rows.append({"conv": f"{c_in}->{c_out} k{kernel} s{stride}", "input": f"{h}x{w}",
@@ -229,6 +234,9 @@ def main() -> None:
     parser.add_argument("--conv-table", action="store_true",
                         help="also time each convolution of --backbone through oneDNN and "
                              "through the matrix products (TRAIN.MATMUL_CONV_MAX_AREA)")
+    parser.add_argument("--precision-table", action="store_true",
+                        help="also time --backbone's training and inference steps in fp32 and "
+                             "with bf16 autocast, whatever TRAIN.AMP picks on this CPU")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="config overrides (e.g. TRAIN.FUSED_OPTIMIZER False for "
                              "train.py's loop, AUG.POLICY none for both)")
@@ -238,8 +246,12 @@ def main() -> None:
         "MODEL.BACKBONE", args.backbone, "DATA.NUM_WORKERS", str(args.workers),
         "OUTPUT_DIR", "/tmp/age_estimation_bench_train", "MODEL.DROPOUT", "0.0", *args.opts])
     print(f"command: {' '.join(sys.argv)}")
+    amp = amp_enabled(cfg.TRAIN.AMP, "cpu")
+    dtype = torch.bfloat16 if amp else torch.float32
+    precision = precision_name(cfg.TRAIN.AMP, "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
-          f"({'with' if amx_available() else 'no'} AMX), {args.backbone} at "
+          f"({'with' if amx_available() else 'no'} AMX, "
+          f"{'with' if cpu_has('avx512_bf16') else 'no'} AVX-512-BF16), {args.backbone} at "
           f"{args.size} px, batch {args.batch}, {args.steps} timed steps, augmentation "
           f"{cfg.AUG.POLICY} in both loops")
     # The two loops alternate, --repeats times each; the medians are compared (single runs on a
@@ -254,7 +266,7 @@ def main() -> None:
     print(f"median, naive loop (per-sample JPEG decode, fp32, NCHW, {args.naive_workers} workers): "
           f"{naive:8.1f} images/s")
     fused = f"fused {cfg.TRAIN.OPTIMIZER}, " if cfg.TRAIN.FUSED_OPTIMIZER else ""
-    print(f"median, train.py loop (cache, bf16 autocast, NHWC, {fused}{loader_workers(cfg)} "
+    print(f"median, train.py loop (cache, {precision}, NHWC, {fused}{loader_workers(cfg)} "
           f"workers): "
           f"{ours:8.1f} images/s")
     print(f"speed-up: {ours / naive:.2f}x")
@@ -265,23 +277,34 @@ def main() -> None:
     if args.conv_table:
         print(f"\n| {args.backbone} convolution | input | output | oneDNN fwd + bwd (ms) | "
               f"matrix products fwd + bwd (ms) | ratio |\n| --- | --- | --- | ---: | ---: | ---: |")
-        for r in conv_table(cfg, args.batch):
+        for r in conv_table(cfg, args.batch, dtype):
             print(f"| {r['conv']} | {r['input']} | {r['output']} | {r['onednn_ms']:.2f} | "
                   f"{r['matmul_ms']:.2f} | {r['onednn_ms'] / r['matmul_ms']:.2f}x |")
+    matmul = {name: matmul_gmac_s(t) for name, t in (("bf16", torch.bfloat16),
+                                                      ("fp32", torch.float32))
+              if args.backbones or args.precision_table}
+    reference = "bf16" if amp else "fp32"
     if args.backbones:
-        rows = [backbone_cost(cfg, name, args.batch) for name in args.backbones]
-        bf16 = matmul_gmac_s(torch.bfloat16)
-        print(f"\n| backbone | params (M) | GFLOPs @ {args.size} px | train img/s | "
-              f"train step GMAC/s (% of bf16 matmul) | inference img/s |\n"
+        rows = [backbone_cost(cfg, name, args.batch, amp) for name in args.backbones]
+        print(f"\n{precision}:\n| backbone | params (M) | GFLOPs @ {args.size} px | train img/s | "
+              f"train step GMAC/s (% of {reference} matmul) | inference img/s |\n"
               f"| --- | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
             print(f"| {r['backbone']} | {r['params_M']:.1f} | {r['GFLOPs']:.2f} | "
                   f"{r['train_img_s']:.0f} | {r['train_gmac_s']:.0f} "
-                  f"({100 * r['train_gmac_s'] / bf16:.0f} %) | {r['infer_img_s']:.0f} |")
+                  f"({100 * r['train_gmac_s'] / matmul[reference]:.0f} %) | "
+                  f"{r['infer_img_s']:.0f} |")
+    if args.precision_table:
+        print(f"\n| {args.backbone} at {args.size} px, batch {args.batch} | train img/s | "
+              f"inference img/s |\n| --- | ---: | ---: |")
+        for name, with_amp in (("fp32", False), ("bf16 autocast", True)):
+            r = backbone_cost(cfg, args.backbone, args.batch, with_amp)
+            print(f"| {name} | {r['train_img_s']:.1f} | {r['infer_img_s']:.1f} |")
+        print(f"TRAIN.AMP {cfg.TRAIN.AMP} on this CPU: {precision}")
+    if args.backbones or args.precision_table:
         print(f"\nGFLOPs: fvcore's count, one per multiply-add, of one image's forward pass. "
               f"A 2048 x 2048 matrix product on these {torch.get_num_threads()} threads: "
-              f"{bf16:.0f} GMAC/s in bf16, {matmul_gmac_s(torch.float32):.0f} in fp32.")
-
+              f"{matmul['bf16']:.0f} GMAC/s in bf16, {matmul['fp32']:.0f} in fp32.")
 
 if __name__ == "__main__":
     main()

@@ -52,7 +52,7 @@ def test_matmul_rate_counts_n_cubed_multiply_adds_per_product(monkeypatch):
 def test_backbone_cost_reports_the_training_step_rate():
     cfg = bench.load_config(str(bench.REPO / "configs/utkface_resnet18_dex.yaml"),
                             ["MODEL.IMG_SIZE", "32", "MODEL.BACKBONE", "resnet18"])
-    row = bench.backbone_cost(cfg, "resnet18", batch=2)
+    row = bench.backbone_cost(cfg, "resnet18", batch=2, amp=False)
     assert row["backbone"] == "resnet18" and abs(row["params_M"] - 11.2) < 0.2
     assert row["train_gmac_s"] == 3 * row["GFLOPs"] * row["train_img_s"]
     # ResNet-18's forward pass at 32 px: 1.82 GMAC at 224 px scaled by (32 / 224)^2
@@ -62,7 +62,7 @@ def test_backbone_cost_reports_the_training_step_rate():
 def test_conv_table_times_each_distinct_convolution_both_ways():
     cfg = bench.load_config(str(bench.REPO / "configs/utkface_resnet18_dex.yaml"),
                             ["MODEL.IMG_SIZE", "32"])
-    rows = bench.conv_table(cfg, batch=2)
+    rows = bench.conv_table(cfg, batch=2, dtype=torch.float32)
     # ResNet-18's distinct convolutions: stem, 2 per stage after the first's 1, plus 3 shortcuts
     assert [r["conv"] for r in rows][:2] == ["3->64 k7 s2", "64->64 k3 s1"]
     assert len(rows) == 11

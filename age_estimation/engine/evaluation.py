@@ -15,6 +15,7 @@ from age_estimation.data.build import AgeDataset, eval_loader
 from age_estimation.data.records import Record
 from age_estimation.engine.adabn import adapt_batchnorm, adaptation_split
 from age_estimation.engine.inference import combine, predict_attribute_logits, predict_loader
+from age_estimation.hardware import amp_enabled
 from age_estimation.models.attributes import attribute_accuracy, encode_attributes
 from age_estimation.models.heads import Prediction
 from age_estimation.models.model import AgeModel
@@ -39,7 +40,8 @@ def predict_records(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[
                     mc_samples: int = 0, device: str = "cpu") -> pd.DataFrame:
     """Predict every cached image with the given model(s) and inference options."""
     loader = eval_loader(cfg, list(records), images)
-    outputs = predict_loader(models, loader, views, mc_samples, amp=cfg.TRAIN.AMP, device=device)
+    outputs = predict_loader(models, loader, views, mc_samples,
+                             amp=amp_enabled(cfg.TRAIN.AMP, device), device=device)
     return predictions_frame(records, outputs)
 
 
@@ -87,7 +89,7 @@ def predict_attributes(model: AgeModel, cfg: CfgNode, records: Sequence[Record],
     """The attribute heads' predictions, as `pred_<name>` columns in record order, and their
     top-1 accuracy {name: {"accuracy", "n"}} over the images whose label is a training class."""
     index, logits = predict_attribute_logits(model, eval_loader(cfg, list(records), images),
-                                             amp=cfg.TRAIN.AMP, device=device)
+                                             amp=amp_enabled(cfg.TRAIN.AMP, device), device=device)
     order = np.argsort(index)
     logits = {name: values[order] for name, values in logits.items()}
     vocab = model.attributes.vocab

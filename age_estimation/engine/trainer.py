@@ -37,6 +37,7 @@ from age_estimation.data.records import Record
 from age_estimation.data.transforms import build_train_transform
 from age_estimation.engine.checkpoint import load_checkpoint, save_checkpoint
 from age_estimation.engine.evaluation import predict_records
+from age_estimation.hardware import amp_enabled, precision_name
 from age_estimation.models.attributes import attribute_vocab, encode_attributes
 from age_estimation.models.matmul_conv import resolve_max_area, use_matmul_convs
 from age_estimation.models.model import AgeModel
@@ -209,6 +210,8 @@ class Trainer:
                         "products (TRAIN.MATMUL_CONV_MAX_AREA)", max_area)
         if cfg.TRAIN.CHANNELS_LAST:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp = amp_enabled(cfg.TRAIN.AMP, self.device)
+        logger.info("precision: %s", precision_name(cfg.TRAIN.AMP, self.device))
         self.net: torch.nn.Module = self.model
         if self.world_size > 1:
             # Same initial weights everywhere (DDP also broadcasts rank 0's), own dropout stream.
@@ -332,7 +335,7 @@ class Trainer:
                                                    (cfg.TRAIN.SEED, epoch, step, self.rank))
             if cfg.TRAIN.CHANNELS_LAST:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.TRAIN.AMP):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 outputs = self.net(images, targets["age"] if fds_ages else None,
                                    with_attributes=with_attributes)
             attribute_logits = None

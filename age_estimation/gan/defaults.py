@@ -80,7 +80,8 @@ _C.TRAIN.EMA_DECAY = 0.999
 # DiffAugment (Zhao et al. 2020) applied to real and fake images before D: comma-separated
 # subset of translation,color; "" = off. Helps D not memorise a small dataset.
 _C.TRAIN.DIFFAUG = "translation,color"
-# bf16 autocast on CUDA (ignored on the CPU, where it is slower for these small convs).
+# bf16 autocast on a CUDA GPU with bf16 (ignored on the CPU, where it is slower for these
+# small convs).
 _C.TRAIN.AMP = True
 # Torch CPU threads (0 = torch's default).
 _C.TRAIN.THREADS = 0

@@ -18,6 +18,7 @@ from yacs.config import CfgNode
 from age_estimation.data.build import EpochBatchSampler
 from age_estimation.data.records import Record
 from age_estimation.gan.models import EMA, attribute_classes, build_networks
+from age_estimation.hardware import amp_enabled
 from age_estimation.models.attributes import attribute_vocab, encode_attributes
 
 DECADE_AGES = tuple(range(5, 100, 10))  # rows of a sample grid: 5, 15, ..., 95 years
@@ -94,7 +95,8 @@ class GanTrainer:
         self.batch_size = min(cfg.TRAIN.BATCH_SIZE, len(images))
         self.steps_per_epoch = max(1, len(images) // self.batch_size)
         self.step = 0
-        self.amp = cfg.TRAIN.AMP and self.device.type == "cuda"
+        # Never on the CPU: even with native bf16 it was slower there for these small convs.
+        self.amp = self.device.type == "cuda" and amp_enabled(cfg.TRAIN.AMP, self.device)
 
     def _real_batch(self, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Step `step`'s real faces (the shuffled epoch order of the age models' sampler)."""

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from age_estimation.hardware import cpu_has
+
 # Output maps of at most this many pixels use the matrix product when TRAIN.MATMUL_CONV_MAX_AREA
 # is -1 (auto) on an AMX CPU: the 3x3 and 4x4 maps, where it was measured 2.4-3.1x faster, not
 # ResNet-18's 6x6 layer3 maps at 96 px, where the two were even for the 3x3 convolutions
@@ -160,8 +162,7 @@ def use_matmul_convs(model: nn.Module, max_area: int) -> int:
 
 def amx_available() -> bool:
     """Whether this CPU has AMX tiles (where the matrix products were measured faster)."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe()) if probe is not None else False
+    return cpu_has("amx_tile")
 
 
 def resolve_max_area(setting: int, device: torch.device) -> int:
