@@ -116,6 +116,44 @@ def test_variant_table_matches_hand_computed_maes(results):
     assert fgnet.loc["head=dex", "mae"] == pytest.approx(4.5 * 1.5)
 
 
+def test_variant_table_pairs_seeds_when_the_baseline_lacks_one(results, tmp_path):
+    """A partly run suite: the baseline has only seed 1 (errors 2x), the variant seeds 0 and 1.
+    The difference must set seed 1 against seed 1 (3.0 - 6.0), not the variant's two-seed mean
+    against the baseline's one seed (2.25 - 6.0), and the report must say which seed it used."""
+    copy = shutil.copytree(results, tmp_path / "runs")
+    shutil.rmtree(copy / "heads" / "head=dex__seed=0")
+    suite = next(s for s in load_results(copy) if s.name == "heads")
+    table = variant_table(suite).set_index("variant")
+    assert table.loc["head=better", "mae"] == pytest.approx(2.25)  # both of its seeds
+    assert table.loc["head=better", "diff"] == pytest.approx(3.0 - 6.0)
+    assert table.loc["head=better", "diff_seeds"] == [1]
+    lines = findings(table.reset_index(), "head=dex", lowest=False)
+    assert any("head=better has a lower MAE" in line and "(seed 1 only)" in line
+               for line in lines), lines
+    report = write_report(copy, tmp_path / "REPORT.md").read_text()
+    assert "-3.00 (" in report and "(seed 1 only)" in report
+    # with every seed present nothing is marked
+    full = variant_table(next(s for s in load_results(results) if s.name == "heads"))
+    assert "only" not in " ".join(findings(full, "head=dex"))
+    assert not full["diff_partial"].any()
+
+
+def test_an_ensemble_of_seeds_is_set_against_the_single_models_of_its_members(results,
+                                                                            tmp_path):
+    """An ensemble run is named after its first seed but holds the models of all its members:
+    its difference uses the baseline's runs of every member seed, not the first one's alone."""
+    copy = shutil.copytree(results, tmp_path / "runs")
+    shutil.rmtree(copy / "heads" / "head=better__seed=1")
+    metrics = copy / "heads" / "head=better__seed=0" / "metrics.json"
+    summary = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**summary, "members": [0, 1]}))  # as for {ensemble: 2}
+    suite = next(s for s in load_results(copy) if s.name == "heads")
+    row = variant_table(suite).set_index("variant").loc["head=better"]
+    # its predictions are seed 0's (MAE 1.5); the baseline over seeds 0 and 1 has MAE 4.5
+    assert row["diff"] == pytest.approx(1.5 - 4.5)
+    assert row["diff_seeds"] == [0, 1] and not row["diff_partial"]
+
+
 def test_group_table_splits_the_seed_averaged_errors_by_age_group(results):
     suite = next(s for s in load_results(results) if s.name == "heads")
     table = group_table(suite)

@@ -101,11 +101,22 @@ def seed_averaged_errors(suite: SuiteResults, variant: str, evaluation: str) -> 
 def variant_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
     """Per variant: seeds, images, MAE (mean over seeds) with its image-bootstrap 95 % CI,
     seed s.d., MAE - baseline MAE with a paired image-bootstrap 95 % CI, GFLOPs and
-    parameters (millions)."""
+    parameters (millions).
+
+    The difference pairs seeds as well as images: it keeps the variant's runs whose models
+    (an ensemble's members) come from seeds the baseline has finished, and the baseline's runs
+    from the seeds those cover, so a partly run suite never sets one seed's model against
+    another's (``diff_seeds``: the seeds used; ``diff_partial``: some finished run left out),
+    while an ensemble of seeds 0-4 is still set against the single models of seeds 0-4."""
     errors = {v: seed_averaged_errors(suite, v, evaluation) for v in suite.variants()}
     errors = {v: e for v, e in errors.items() if not e.empty}
     baseline = suite.info["baseline"]
-    base = errors[baseline].mean(axis=1) if baseline in errors else None
+    base = errors.get(baseline)
+    members = {(r["variant"], r["seed"]): set(r.get("members") or [r["seed"]])
+               for r in suite.runs}
+
+    def covered(variant: str, seeds: Iterable[int]) -> set[int]:
+        return set().union(*(members[(variant, seed)] for seed in seeds))
     gflops = {r["variant"]: r.get("cost", {}).get("gflops", math.nan) for r in suite.runs}
     params = {r["variant"]: r.get("cost", {}).get("params_m", math.nan) for r in suite.runs}
     rows = []
@@ -115,12 +126,24 @@ def variant_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame
         row = {"variant": variant, "seeds": frame.shape[1], "images": len(frame), "mae": mae,
                "ci_low": low, "ci_high": high,
                "seed_sd": float(frame.mean().std(ddof=1)) if frame.shape[1] > 1 else math.nan,
-               "diff": math.nan, "diff_low": math.nan, "diff_high": math.nan,
+               "diff": math.nan, "diff_low": math.nan, "diff_high": math.nan, "diff_seeds": [],
+               "diff_partial": False,
                "gflops": gflops.get(variant, math.nan), "params_m": params.get(variant, math.nan)}
         if base is not None and variant != baseline:
-            common = per_image.index.intersection(base.index)
-            row["diff"], row["diff_low"], row["diff_high"] = bootstrap_diff_ci(
-                per_image[common].to_numpy(), base[common].to_numpy(), n_boot=N_BOOT)
+            base_cover = covered(baseline, base.columns)
+            mine_seeds = [s for s in frame.columns if members[(variant, s)] <= base_cover]
+            theirs_seeds = [s for s in base.columns
+                            if members[(baseline, s)] <= covered(variant, mine_seeds)]
+            if mine_seeds and theirs_seeds:
+                mine = frame[mine_seeds].mean(axis=1)
+                theirs = base[theirs_seeds].mean(axis=1)
+                common = mine.index.intersection(theirs.index)
+                row["diff"], row["diff_low"], row["diff_high"] = bootstrap_diff_ci(
+                    mine[common].to_numpy(), theirs[common].to_numpy(), n_boot=N_BOOT)
+                row["diff_seeds"] = sorted(covered(variant, mine_seeds)
+                                           | covered(baseline, theirs_seeds))
+                row["diff_partial"] = (len(mine_seeds) < frame.shape[1]
+                                       or len(theirs_seeds) < base.shape[1])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -271,6 +294,16 @@ def group_findings(cis: pd.DataFrame, baseline: str) -> list[str]:
     return out
 
 
+def _partial_seeds(row: Any) -> str:
+    """' (seeds 1 and 2 only)' when a row's difference from the baseline leaves out runs that
+    one of the two has finished (a partly run suite), else ''."""
+    if not getattr(row, "diff_partial", False):  # tables made elsewhere lack the column
+        return ""
+    seeds = list(row.diff_seeds)
+    names = ", ".join(str(s) for s in seeds[:-1]) + (" and " if len(seeds) > 1 else "")
+    return f" (seed{'s' if len(seeds) > 1 else ''} {names}{seeds[-1]} only)"
+
+
 def findings(table: pd.DataFrame, baseline: str, where: str = "", lowest: bool = True
              ) -> list[str]:
     """Sentences that follow from the table: each variant against the baseline (a difference
@@ -287,7 +320,8 @@ def findings(table: pd.DataFrame, baseline: str, where: str = "", lowest: bool =
             continue
         # A difference under 0.005 years would print as 0.00: show it with a third decimal.
         d = 2 if abs(row.diff) >= 0.005 else 3
-        ci = f"95 % CI {row.diff_low:+.{d}f} to {row.diff_high:+.{d}f}"
+        ci = (f"95 % CI {row.diff_low:+.{d}f} to {row.diff_high:+.{d}f}"
+              f"{_partial_seeds(row)}")
         if row.diff_low > 0 or row.diff_high < 0:
             direction = "higher" if row.diff > 0 else "lower"
             out.append(sentence(f"{row.variant} has a {direction} MAE than {baseline} by "
@@ -309,7 +343,7 @@ def _markdown(table: pd.DataFrame, baseline: str) -> list[str]:
              "|" + " --- |" * (6 + 2 * show_cost)]
     for r in table.itertuples():
         name = f"**{r.variant}** (baseline)" if r.variant == baseline else r.variant
-        diff = _ci(r.diff, r.diff_low, r.diff_high, "+")
+        diff = _ci(r.diff, r.diff_low, r.diff_high, "+") + _partial_seeds(r)
         sd = f"{r.seed_sd:.2f}" if math.isfinite(r.seed_sd) else "—"
         line = (f"| {name} | {r.seeds} | {r.images} | {r.mae:.2f} ({r.ci_low:.2f}, "
                 f"{r.ci_high:.2f}) | {sd} | {diff} |")
