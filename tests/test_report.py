@@ -132,6 +132,10 @@ def test_variant_table_pairs_seeds_when_the_baseline_lacks_one(results, tmp_path
                for line in lines), lines
     report = write_report(copy, tmp_path / "REPORT.md").read_text()
     assert "-3.00 (" in report and "(seed 1 only)" in report
+    # the age-group differences pair seeds the same way: ages 0-12 are images 0-5
+    cis = group_cis(suite).set_index(["variant", "column"])
+    assert cis.loc[("head=better", "0-12"), "diff"] == pytest.approx(
+        -np.abs(PATTERN[:6]).mean())  # seed 1: 1x |PATTERN| against 2x
     # with every seed present nothing is marked
     full = variant_table(next(s for s in load_results(results) if s.name == "heads"))
     assert "only" not in " ".join(findings(full, "head=dex"))

@@ -98,25 +98,52 @@ def seed_averaged_errors(suite: SuiteResults, variant: str, evaluation: str) -> 
     return pd.DataFrame(columns).dropna() if columns else pd.DataFrame()
 
 
+@dataclass
+class SeedPairing:
+    """A variant's and the baseline's seed-averaged |errors| (by image id) over the runs that
+    pair up: the variant's runs whose models (an ensemble's members) come from seeds the
+    baseline has finished, and the baseline's runs from the seeds those cover. A partly run
+    suite so never sets one seed's model against another's, while an ensemble of seeds 0-4 is
+    still set against the single models of seeds 0-4."""
+
+    variant: pd.Series
+    baseline: pd.Series
+    seeds: list[int]  # every seed whose model takes part, on either side
+    partial: bool  # some finished run of either side was left out
+
+
+def pair_seeds(suite: SuiteResults, variant_errors: pd.DataFrame, variant: str,
+               baseline_errors: pd.DataFrame) -> SeedPairing | None:
+    """Pair two variants' runs (``seed_averaged_errors`` frames; the second is the suite's
+    baseline) by seed; None when no run of the variant pairs with one of the baseline."""
+    baseline = suite.info["baseline"]
+    members = {(r["variant"], r["seed"]): set(r.get("members") or [r["seed"]])
+               for r in suite.runs}
+
+    def covered(name: str, seeds: Iterable[int]) -> set[int]:
+        return set().union(*(members[(name, seed)] for seed in seeds))
+
+    base_cover = covered(baseline, baseline_errors.columns)
+    mine = [s for s in variant_errors.columns if members[(variant, s)] <= base_cover]
+    theirs = [s for s in baseline_errors.columns
+              if members[(baseline, s)] <= covered(variant, mine)]
+    if not mine or not theirs:
+        return None
+    return SeedPairing(variant_errors[mine].mean(axis=1), baseline_errors[theirs].mean(axis=1),
+                       sorted(covered(variant, mine) | covered(baseline, theirs)),
+                       len(mine) < variant_errors.shape[1]
+                       or len(theirs) < baseline_errors.shape[1])
+
+
 def variant_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
     """Per variant: seeds, images, MAE (mean over seeds) with its image-bootstrap 95 % CI,
     seed s.d., MAE - baseline MAE with a paired image-bootstrap 95 % CI, GFLOPs and
-    parameters (millions).
-
-    The difference pairs seeds as well as images: it keeps the variant's runs whose models
-    (an ensemble's members) come from seeds the baseline has finished, and the baseline's runs
-    from the seeds those cover, so a partly run suite never sets one seed's model against
-    another's (``diff_seeds``: the seeds used; ``diff_partial``: some finished run left out),
-    while an ensemble of seeds 0-4 is still set against the single models of seeds 0-4."""
+    parameters (millions). The difference pairs seeds as well as images (``pair_seeds``;
+    ``diff_seeds``: the seeds used, ``diff_partial``: some finished run left out)."""
     errors = {v: seed_averaged_errors(suite, v, evaluation) for v in suite.variants()}
     errors = {v: e for v, e in errors.items() if not e.empty}
     baseline = suite.info["baseline"]
     base = errors.get(baseline)
-    members = {(r["variant"], r["seed"]): set(r.get("members") or [r["seed"]])
-               for r in suite.runs}
-
-    def covered(variant: str, seeds: Iterable[int]) -> set[int]:
-        return set().union(*(members[(variant, seed)] for seed in seeds))
     gflops = {r["variant"]: r.get("cost", {}).get("gflops", math.nan) for r in suite.runs}
     params = {r["variant"]: r.get("cost", {}).get("params_m", math.nan) for r in suite.runs}
     rows = []
@@ -129,21 +156,14 @@ def variant_table(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame
                "diff": math.nan, "diff_low": math.nan, "diff_high": math.nan, "diff_seeds": [],
                "diff_partial": False,
                "gflops": gflops.get(variant, math.nan), "params_m": params.get(variant, math.nan)}
-        if base is not None and variant != baseline:
-            base_cover = covered(baseline, base.columns)
-            mine_seeds = [s for s in frame.columns if members[(variant, s)] <= base_cover]
-            theirs_seeds = [s for s in base.columns
-                            if members[(baseline, s)] <= covered(variant, mine_seeds)]
-            if mine_seeds and theirs_seeds:
-                mine = frame[mine_seeds].mean(axis=1)
-                theirs = base[theirs_seeds].mean(axis=1)
-                common = mine.index.intersection(theirs.index)
-                row["diff"], row["diff_low"], row["diff_high"] = bootstrap_diff_ci(
-                    mine[common].to_numpy(), theirs[common].to_numpy(), n_boot=N_BOOT)
-                row["diff_seeds"] = sorted(covered(variant, mine_seeds)
-                                           | covered(baseline, theirs_seeds))
-                row["diff_partial"] = (len(mine_seeds) < frame.shape[1]
-                                       or len(theirs_seeds) < base.shape[1])
+        pairing = (pair_seeds(suite, frame, variant, base)
+                   if base is not None and variant != baseline else None)
+        if pairing is not None:
+            common = pairing.variant.index.intersection(pairing.baseline.index)
+            row["diff"], row["diff_low"], row["diff_high"] = bootstrap_diff_ci(
+                pairing.variant[common].to_numpy(), pairing.baseline[common].to_numpy(),
+                n_boot=N_BOOT)
+            row["diff_seeds"], row["diff_partial"] = pairing.seeds, pairing.partial
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -223,13 +243,17 @@ def group_cis(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
     """Per variant and column of the group table (age groups; shots where the runs recorded
     their training-age counts): MAE of the seed-averaged errors with its image-bootstrap 95 %
     CI, and the paired difference from the baseline on the same images with its CI (a shot
-    only when both variants put the images in the same shot)."""
+    only when both variants put the images in the same shot; seeds paired as in
+    ``variant_table``)."""
     baseline = suite.info["baseline"]
     per_variant = {v: _image_groups(suite, v, evaluation) for v in suite.variants()}
     per_variant = {v: f for v, f in per_variant.items() if not f.empty}
     base = per_variant.get(baseline)
+    base_errors = seed_averaged_errors(suite, baseline, evaluation)
     rows = []
     for variant, frame in per_variant.items():
+        pairing = (pair_seeds(suite, seed_averaged_errors(suite, variant, evaluation), variant,
+                              base_errors) if base is not None and variant != baseline else None)
         for kind in ("group", "shot"):
             if kind not in frame:
                 continue
@@ -238,12 +262,14 @@ def group_cis(suite: SuiteResults, evaluation: str = "test") -> pd.DataFrame:
                 row = {"variant": variant, "column": column, "n": len(cell), "mae": mae,
                        "ci_low": low, "ci_high": high, "diff": math.nan, "diff_low": math.nan,
                        "diff_high": math.nan}
-                if base is not None and variant != baseline and kind in base:
-                    common = cell.index.intersection(base.index[base[kind] == column])
+                if pairing is not None and kind in base:
+                    common = (cell.index.intersection(base.index[base[kind] == column])
+                              .intersection(pairing.variant.index)
+                              .intersection(pairing.baseline.index))
                     if len(common):
                         row["diff"], row["diff_low"], row["diff_high"] = bootstrap_diff_ci(
-                            cell[common].to_numpy(), base.loc[common, "error"].to_numpy(),
-                            n_boot=N_BOOT)
+                            pairing.variant[common].to_numpy(),
+                            pairing.baseline[common].to_numpy(), n_boot=N_BOOT)
                 rows.append(row)
     order = {name: i for i, name in enumerate([g[0] for g in AGE_GROUPS]
                                               + [f"{s}-shot" for s in SHOTS])}
