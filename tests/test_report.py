@@ -247,6 +247,20 @@ def test_group_cis_give_every_group_and_shot_a_ci_and_a_paired_difference(result
     assert "- By group, head=better against head=dex: lower on 0-12" in text
 
 
+def test_a_suite_reads_each_prediction_file_once(results, monkeypatch):
+    suite = next(s for s in load_results(results) if s.name == "heads")
+    reads = []
+    real_read_csv = pd.read_csv
+    monkeypatch.setattr(pd, "read_csv", lambda path, *a, **k: reads.append(Path(path))
+                        or real_read_csv(path, *a, **k))
+    first = group_cis(suite)
+    variant_table(suite)
+    group_table(suite)
+    files = sorted(results.glob("heads/*/predictions_test.csv"))
+    assert sorted(reads) == files and len(files) > 1
+    assert group_cis(suite).equals(first)  # the kept frames are not modified in place
+
+
 def test_group_cis_leave_out_the_shots_of_a_variant_whose_runs_lack_the_counts(results,
                                                                              tmp_path):
     copy = with_shot_sizes(results, tmp_path)

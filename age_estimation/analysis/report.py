@@ -57,6 +57,9 @@ class SuiteResults:
     info: dict[str, Any]
     folder: Path
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # Prediction CSVs already read, by path: the table, group and pairing steps each walk the
+    # same runs, and a suite's CSVs hold up to tens of thousands of rows.
+    _frames: dict[Path, pd.DataFrame | None] = field(default_factory=dict, repr=False)
 
     def variants(self) -> list[str]:
         """Variants with at least one finished run, in the suite's order."""
@@ -64,8 +67,12 @@ class SuiteResults:
         return [v["name"] for v in self.info["variants"] if v["name"] in present]
 
     def predictions(self, run: dict[str, Any], evaluation: str) -> pd.DataFrame | None:
+        """A run's per-image predictions on one evaluation (read once; callers must not
+        modify the frame in place), None where the run has none."""
         path = self.folder / run["run"] / f"predictions_{evaluation}.csv"
-        return pd.read_csv(path) if path.is_file() else None
+        if path not in self._frames:
+            self._frames[path] = pd.read_csv(path) if path.is_file() else None
+        return self._frames[path]
 
 
 def load_results(results_dir: str | Path) -> list[SuiteResults]:
