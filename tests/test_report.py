@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -259,6 +260,16 @@ def test_a_suite_reads_each_prediction_file_once(results, monkeypatch):
     files = sorted(results.glob("heads/*/predictions_test.csv"))
     assert sorted(reads) == files and len(files) > 1
     assert group_cis(suite).equals(first)  # the kept frames are not modified in place
+
+
+def test_an_empty_prediction_file_is_an_error_naming_it(results, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    broken = sorted(copy.glob("heads/*/predictions_test.csv"))[0]
+    broken.write_text("")
+    suite = next(s for s in load_results(copy) if s.name == "heads")
+    with pytest.raises(ValueError, match=re.escape(f"{broken}: not a readable predictions CSV")):
+        variant_table(suite)
 
 
 def test_group_cis_leave_out_the_shots_of_a_variant_whose_runs_lack_the_counts(results,

@@ -71,7 +71,11 @@ class SuiteResults:
         modify the frame in place), None where the run has none."""
         path = self.folder / run["run"] / f"predictions_{evaluation}.csv"
         if path not in self._frames:
-            self._frames[path] = pd.read_csv(path) if path.is_file() else None
+            try:
+                self._frames[path] = pd.read_csv(path) if path.is_file() else None
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+                raise ValueError(f"{path}: not a readable predictions CSV ({err}); rerun the "
+                                 f"run's evaluation or delete the file") from err
         return self._frames[path]
 
 
