@@ -2,11 +2,17 @@
 baseline on the same images?
 
     python scripts/compare_predictions.py BASE.csv OTHER.csv [OTHER.csv ...] [--out F.md]
+    python scripts/compare_predictions.py A_seed0.csv+A_seed1.csv B_seed0.csv+B_seed1.csv
 
 Each CSV is a test.py predictions file (columns id, age, pred). For every OTHER, on the images
 both predicted: the MAE of each with a bootstrap 95 % CI, and OTHER − BASE with a paired
 bootstrap CI (the same resampled images for both). A difference is only one when its CI
 excludes zero. Prints a markdown table (and writes it with --out).
+
+CSVs joined by ``+`` are one recipe's seeds: each image's absolute error is averaged over them
+(on the images all of them predicted), as the report's seed-averaged errors are, so two recipes
+are compared over several seeds and still paired by image. This is the expected error of one
+seed's model, not an ensemble's (average the predictions with ``test.py --ensemble`` for that).
 """
 
 from __future__ import annotations
@@ -25,17 +31,41 @@ from age_estimation.metrics import bootstrap_ci, bootstrap_diff_ci
 N_BOOT = 2000
 
 
-def read_errors(path: Path) -> pd.Series:
-    """|pred - age| by image id of one predictions CSV; a bad file is an error naming it."""
+def read_predictions(path: Path) -> pd.DataFrame:
+    """One predictions CSV (id, age, pred); a bad file is an error naming it."""
     try:
-        frame = pd.read_csv(path, usecols=["id", "age", "pred"])
+        return pd.read_csv(path, usecols=["id", "age", "pred"])
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: {err} (expected a test.py predictions CSV with id, age, "
                          f"pred)") from None
-    return absolute_errors(frame)
 
 
-def compare(base: Path, others: list[Path]) -> str:
+def read_errors(spec: str) -> pd.Series:
+    """|pred - age| by image id of one CSV, or averaged over the seeds of ``a.csv+b.csv`` on the
+    images every one of them predicted. Seeds that disagree on an image's age are an error
+    naming both files: they were not scored against the same labels."""
+    paths = [Path(part) for part in spec.split("+")]
+    frames = [read_predictions(path) for path in paths]
+    if len(frames) > 1:
+        for path, frame in zip(paths, frames):
+            if frame["id"].duplicated().any():
+                raise ValueError(f"{path}: image {frame['id'][frame['id'].duplicated()].iloc[0]!r}"
+                                 f" appears twice, so its seeds' errors cannot be paired")
+    first_ages = frames[0].set_index("id")["age"]
+    for path, frame in zip(paths[1:], frames[1:]):
+        ages = frame.set_index("id")["age"]
+        shared = ages.index.intersection(first_ages.index)
+        clash = shared[(ages.loc[shared] - first_ages.loc[shared]).abs().to_numpy() > 1e-6]
+        if len(clash):
+            raise ValueError(f"{path} and {paths[0]} give image {clash[0]!r} different ages "
+                             f"({ages[clash[0]]} and {first_ages[clash[0]]})")
+    errors = pd.concat([absolute_errors(frame) for frame in frames], axis=1).dropna()
+    if errors.empty:
+        raise ValueError(f"the seeds of {spec} share no image ids")
+    return errors.mean(axis=1)
+
+
+def compare(base: str, others: list[str]) -> str:
     """The markdown table: one row per OTHER against BASE."""
     base_errors = read_errors(base)
     rows = ["| predictions | images | MAE (95 % CI) | baseline MAE (95 % CI) | "
@@ -61,8 +91,8 @@ def compare(base: Path, others: list[Path]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("base", type=Path)
-    parser.add_argument("others", type=Path, nargs="+")
+    parser.add_argument("base", help="predictions CSV, or seeds' CSVs joined by +")
+    parser.add_argument("others", nargs="+", help="the same, one per compared model or recipe")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
     try:

@@ -51,3 +51,33 @@ def test_a_file_that_is_not_a_predictions_csv_is_named(tmp_path, capsys):
     for bad in (empty, labels_only, tmp_path / "missing.csv"):
         assert compare_predictions([good, str(bad)]) == 2
         assert str(bad) in capsys.readouterr().err
+
+
+def test_seeds_joined_by_plus_are_averaged_per_image(tmp_path, capsys):
+    ids = ["a", "b", "c", "d"]
+    age = [10.0, 20.0, 30.0, 40.0]
+    base = write(tmp_path / "base.csv", ids, age, [11.0, 22.0, 33.0, 44.0])  # MAE 2.5
+    # two seeds: errors (1, 2, 3, 4) and (3, 0, 1, -) -> image d is dropped, the rest averaged:
+    # a 2, b 1, c 2 -> MAE 5/3, against the baseline's (1 + 2 + 3) / 3 = 2 on a, b, c
+    seed0 = write(tmp_path / "s0.csv", ids, age, [11.0, 18.0, 33.0, 36.0])
+    seed1 = write(tmp_path / "s1.csv", ids[:3], age[:3], [7.0, 20.0, 31.0])
+    assert compare_predictions([base, f"{seed0}+{seed1}"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "| 3 | 1.667 (" in row and "| 2.000 (" in row and "| -0.333 (" in row
+    # the same seeds on both sides is no difference at all
+    assert compare_predictions([f"{seed0}+{seed1}", f"{seed1}+{seed0}"]) == 0
+    assert "+0.000 (+0.000, +0.000)" in capsys.readouterr().out
+
+
+def test_seeds_with_different_labels_or_repeated_images_are_named(tmp_path, capsys):
+    base = write(tmp_path / "base.csv", ["a", "b"], [10.0, 20.0], [11.0, 21.0])
+    relabelled = write(tmp_path / "relabelled.csv", ["a", "b"], [10.0, 25.0], [11.0, 21.0])
+    assert compare_predictions([base, f"{base}+{relabelled}"]) == 2
+    err = capsys.readouterr().err
+    assert "relabelled.csv" in err and "'b'" in err and "different ages" in err
+    twice = write(tmp_path / "twice.csv", ["a", "a"], [10.0, 10.0], [11.0, 12.0])
+    assert compare_predictions([base, f"{base}+{twice}"]) == 2
+    assert "twice.csv" in capsys.readouterr().err
+    other = write(tmp_path / "other.csv", ["x"], [10.0], [11.0])
+    assert compare_predictions([base, f"{base}+{other}"]) == 2
+    assert "share no image ids" in capsys.readouterr().err
