@@ -4,6 +4,7 @@ and scripts/bundle_model.py (size, safe round trip, model card)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,18 @@ def test_ensemble_card_lists_members_and_refuses_a_summary_of_other_models(check
     test_json.write_text(json.dumps(summary))
     assert bundle_model(["--members", *map(str, members), "--test_json", str(test_json)]) == 2
     assert bundle_model([str(members[0]), "--members", str(members[1])]) == 2
+
+
+def test_no_model_file_under_models_is_ignored_by_git():
+    """A checkpoint put under models/ (a release, a candidate waiting for its release steps) must
+    not be kept out of git by a .gitignore rule: round 16's candidate was, and only the machine
+    that trained it had it. On a clean clone nothing is ignored, so this guards the maker's tree."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git work tree")
+    ignored = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "models"],
+        cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert [path for path in ignored if path.endswith((".pth", ".onnx"))] == []
 
 
 @pytest.mark.parametrize("folder", ["ensemble", "previous_ensemble"])
