@@ -1,13 +1,14 @@
 """Evaluate a checkpoint: python test.py --resume CKPT [--data KIND:PATH] [--split test|valid]
-[--tta N|POLICY|VIEWS] [--mc-dropout N] [--ensemble CKPT ...] [--sigma-scale-from valid]
-[--out preds.csv]
+[--tta N|POLICY|VIEWS] [--mc-dropout N] [--ensemble CKPT ...] [--point mean|median]
+[--sigma-scale-from valid] [--out preds.csv]
 
 Prints MAE, CS@5, ChaLearn eps-error (when label stds are known), MAE by age group and by
 attribute, uncertainty quality when the predictions have a spread, and the accuracy of the
 attribute heads when the model has them (MODEL.ATTRIBUTES; the --resume model's, identity
 view); writes per-image predictions (CSV: pred, std, std_aleatoric, std_epistemic
 [, std_scaled][, pred_<attribute>]), the summary (JSON) and, when the predictions have a
-spread, a reliability diagram (<out>.reliability.png) next to them.
+spread, a reliability diagram (<out>.reliability.png) next to them. The CSV's `pred` is the
+--point estimate; `mean` and `median` are both always there.
 
 Test-time augmentation (--tta): a number N uses the first N views of
   identity, flip, zoom_in, zoom_in_flip, zoom_out, zoom_out_flip
@@ -18,6 +19,11 @@ Every source of several predictions per image (views, MC-Dropout samples, ensemb
 combined as an equal-weight mixture: std_epistemic is the spread of the members' means,
 std_aleatoric the mean of the heads' own stds (NaN for l1/l2), std the total. Ensemble members
 may differ in MODEL.IMG_SIZE: each sees the images cached at its own size.
+
+Point estimate (--point): the predictive mean (default), or its median, which minimises the
+expected absolute error: for heads with a distribution over whole-year ages (dex, dldl,
+ordinal) the smallest age whose cumulative probability reaches 1/2, of the mixture for views,
+MC-Dropout samples and ensembles; for the other heads the mean.
 """
 
 import argparse
@@ -31,6 +37,7 @@ from age_estimation.config import ConfigError
 from age_estimation.data.cache import BadImageError
 from age_estimation.data.datasets import DatasetError, parse_data_spec
 from age_estimation.engine.checkpoint import CheckpointError, load_checkpoint, load_model
+from age_estimation.engine.evaluation import POINT_ESTIMATES
 
 
 def main(argv=None) -> int:
@@ -50,6 +57,8 @@ def main(argv=None) -> int:
                         help="MC-Dropout samples of the head per view (needs MODEL.DROPOUT > 0)")
     parser.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
                         help="more checkpoints whose predictions are combined with --resume's")
+    parser.add_argument("--point", default="mean", choices=POINT_ESTIMATES,
+                        help="the point estimate reported as pred and scored (see above)")
     parser.add_argument("--sigma-scale-from", choices=("valid",), default=None,
                         help="post-hoc recalibration: fit one std multiplier (Gaussian NLL) on "
                              "the valid split of the checkpoint's own dataset, with the same "
@@ -78,9 +87,10 @@ def main(argv=None) -> int:
     from age_estimation.data.perturbations import parse_perturb, perturb_images
     from age_estimation.engine.evaluation import (
         adapt_to_target,
-        combine_frames,
+        combine_outputs,
         predict_attributes,
-        predict_records,
+        predict_outputs,
+        predictions_frame,
     )
     from age_estimation.engine.inference import parse_tta
     from age_estimation.metrics import (
@@ -119,7 +129,7 @@ def main(argv=None) -> int:
         def predict(split: str, dataset: str = "", dataset_root: str = "", target=False):
             """Predict a split; the evaluated target is perturbed and (AdaBN) adapted to, and
             gets the --resume model's attribute predictions (pred_<name>) and accuracy."""
-            frames = []
+            outputs = []
             for size, members in groups.items():  # the --resume model's size first
                 torch.manual_seed(args.seed)  # the same MC-Dropout masks on every run
                 size_cfg = cfg.clone()
@@ -130,11 +140,15 @@ def main(argv=None) -> int:
                 if target and args.adapt_bn:
                     records, images = adapt_to_target(members, size_cfg, records, images,
                                                       args.adapt_split, args.seed, device)
-                frames.append(predict_records(members, size_cfg, records, images, views,
-                                              args.mc_dropout, device))
-                if len(frames) == 1:
+                outputs.append(predict_outputs(members, size_cfg, records, images, views,
+                                               args.mc_dropout, device))
+                if len(outputs) == 1:
                     first = size_cfg, records, images
-            frame = combine_frames(frames, [len(m) for m in groups.values()])
+            combined = combine_outputs(outputs, [len(m) for m in groups.values()])
+            if args.point == "median" and "probs" not in combined:
+                print("warning: --point median: not every head has a distribution over ages "
+                      "(dex, dldl, ordinal); the median reported is the mean", file=sys.stderr)
+            frame = predictions_frame(first[1], combined, args.point)
             if not (target and models[0].attributes is not None):
                 return frame, {}
             columns, accuracy = predict_attributes(models[0], *first, device)
@@ -168,7 +182,8 @@ def main(argv=None) -> int:
         summary["by_shot"] = shots.to_dict(orient="records")
         summary["train_age_counts"] = counts  # the report's per-image shots and their CIs
     summary["inference"] = {"checkpoints": [args.resume, *args.ensemble], "tta": list(views),
-                            "mc_dropout": args.mc_dropout, "seed": args.seed,
+                            "mc_dropout": args.mc_dropout, "point": args.point,
+                            "seed": args.seed,
                             "perturb": args.perturb, "adapt_bn": args.adapt_bn,
                             "adapt_split": args.adapt_split,
                             "split": args.split,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,18 +83,42 @@ def test_combine_refuses_bad_weights(weights):
         combine([pred(10, 1), pred(20, 1)], weights=weights)
 
 
-def test_combine_frames_refuses_predictions_of_different_images():
-    import pandas as pd
+def outputs(ids, means, probs=None):
+    """predict_outputs-style arrays for images `ids` (std 1, no epistemic spread)."""
+    n = len(ids)
+    columns = {"index": np.arange(n), "id": np.array(ids, dtype=object),
+               "mean": np.array(means, dtype=float), "median": np.array(means, dtype=float),
+               "std": np.ones(n), "std_aleatoric": np.ones(n), "std_epistemic": np.zeros(n)}
+    return columns if probs is None else {**columns, "probs": np.array(probs, dtype=float)}
 
-    from age_estimation.engine.evaluation import combine_frames
 
-    frame = pd.DataFrame({"id": ["a", "b"], "pred": [10.0, 20.0], "std": [1.0, 1.0],
-                          "std_aleatoric": [1.0, 1.0], "std_epistemic": [0.0, 0.0]})
-    other = frame.assign(pred=[14.0, 30.0])
-    mixed = combine_frames([frame, other], [1, 3])
-    assert mixed["pred"].tolist() == pytest.approx([13.0, 27.5])
+def test_combine_outputs_weighs_groups_and_refuses_predictions_of_different_images():
+    from age_estimation.engine.evaluation import combine_outputs
+
+    first, other = outputs(["a", "b"], [10.0, 20.0]), outputs(["a", "b"], [14.0, 30.0])
+    mixed = combine_outputs([first, other], [1, 3])
+    assert mixed["mean"].tolist() == pytest.approx([13.0, 27.5])
+    assert mixed["id"].tolist() == ["a", "b"]
+    assert "probs" not in mixed and mixed["median"].tolist() == pytest.approx([13.0, 27.5])
     with pytest.raises(ValueError, match="different images"):
-        combine_frames([frame, other.iloc[::-1]], [1, 1])
+        combine_outputs([first, outputs(["b", "a"], [14.0, 30.0])], [1, 1])
+
+
+def test_combine_outputs_mixes_the_age_distributions_of_groups():
+    """Groups at two input sizes: the median is the mixture's, not a mean of medians."""
+    from age_estimation.engine.evaluation import combine_outputs
+
+    one_hot_10 = np.eye(50)[[10]]
+    split_20_40 = 0.5 * (np.eye(50)[[20]] + np.eye(50)[[40]])
+    a = outputs(["x"], [10.0], one_hot_10)
+    b = outputs(["x"], [30.0], split_20_40)
+    mixed = combine_outputs([a, b], [1, 1])
+    # 0.5 at 10, 0.25 at 20, 0.25 at 40: median 10 (the medians' mean would be 15)
+    assert mixed["median"].tolist() == [10.0]
+    assert mixed["mean"].tolist() == pytest.approx([20.0])
+    assert mixed["probs"].sum() == pytest.approx(1.0)
+    # two of the first kind against one of the second: still 10, now 2/3 of the mass
+    assert combine_outputs([a, b], [2, 1])["probs"][0, 10] == pytest.approx(2 / 3)
 
 
 def test_combine_of_heads_without_aleatoric_std():
@@ -108,6 +133,69 @@ def test_combine_of_heads_without_aleatoric_std():
 def test_combine_refuses_no_members():
     with pytest.raises(ValueError):
         combine([])
+
+
+# ------------------------------------------------------------------ the median
+def distribution(probs) -> Prediction:
+    probs = torch.tensor([probs], dtype=torch.float32)
+    ages = torch.arange(probs.shape[1], dtype=torch.float32)
+    mean = (probs * ages).sum(dim=1)
+    return Prediction(mean, torch.zeros(1), torch.zeros(1), probs)
+
+
+def test_median_of_a_distribution_over_ages_by_hand():
+    out = distribution([0.1, 0.3, 0.2, 0.4])  # cumulative 0.1, 0.4, 0.6, 1.0
+    assert out.median.item() == 2.0
+    assert out.mean.item() == pytest.approx(1.9)
+    assert distribution([0.5, 0.0, 0.5]).median.item() == 0.0  # reaches 1/2 at age 0
+    assert pred(33.3, 2.0).median.item() == pytest.approx(33.3)  # no distribution: the mean
+
+
+def test_the_median_minimises_the_expected_absolute_error():
+    generator = torch.Generator().manual_seed(0)
+    ages = torch.arange(30, dtype=torch.float32)
+    for _ in range(50):
+        # skewed distributions, where mean and median part
+        probs = torch.rand(30, generator=generator) ** 4
+        probs /= probs.sum()
+        out = distribution(probs.tolist())
+        # expected |age - a| for a = each whole age, the median and the mean
+        candidates = torch.cat([ages, out.median, out.mean])
+        expected_error = (probs[None, :] * (ages[None, :] - candidates[:, None]).abs()).sum(1)
+        at_median, at_mean = expected_error[-2], expected_error[-1]
+        assert at_median.item() == pytest.approx(expected_error[:-2].min().item(), abs=1e-6)
+        assert at_median <= at_mean + 1e-6
+
+
+def test_combine_mixes_distributions_and_pads_a_shorter_age_range():
+    young = distribution([0.0, 0.0, 1.0])  # a member with MODEL.MAX_AGE 2
+    old = distribution([0.0, 0.0, 0.0, 0.2, 0.8])
+    mixed = combine([young, old, old])
+    assert mixed.probs.shape == (1, 5)
+    assert mixed.probs[0].tolist() == pytest.approx([0, 0, 1 / 3, 0.4 / 3, 1.6 / 3])
+    assert mixed.median.item() == 4.0
+    # the mixture mean is the mean of the mixed distribution
+    assert mixed.mean.item() == pytest.approx((mixed.probs[0] * torch.arange(5.0)).sum().item())
+    # a member without a distribution (e.g. a gaussian head): no exact median, the mean
+    no_probs = combine([young, pred(10.0, 1.0)])
+    assert no_probs.probs is None and no_probs.median.item() == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("head", ["dex", "dldl", "ordinal"])
+def test_heads_over_ages_keep_their_distribution(head):
+    out = predict_batch(tiny_model(head), images())
+    assert out.probs.shape == (3, 101)  # ages 0..MODEL.MAX_AGE (100)
+    assert torch.allclose(out.probs.sum(dim=1), torch.ones(3), atol=1e-5)
+    ages = torch.arange(out.probs.shape[1], dtype=torch.float32)
+    assert torch.allclose((out.probs * ages).sum(dim=1), out.mean, atol=1e-3)
+    assert torch.equal(out.median, out.median.round())
+
+
+@pytest.mark.parametrize("head", ["residual_dex", "gaussian", "l1"])
+def test_other_heads_report_the_mean_as_median(head):
+    out = predict_batch(tiny_model(head), images())
+    assert out.probs is None
+    assert torch.equal(out.median, out.mean)
 
 
 # ------------------------------------------------------------------ MC-Dropout
@@ -145,7 +233,9 @@ def test_predict_loader_ensemble_combines_members_and_keeps_order():
     out = predict_loader([a, b], batches, views=("identity", "flip"))
     assert out["index"].tolist() == [0, 1, 2, 3, 4]
     expected = combine([predict_batch(m, x, ("identity", "flip")) for m in (a, b)])
-    assert torch.allclose(torch.from_numpy(out["pred"]), expected.mean, atol=1e-4)
+    assert torch.allclose(torch.from_numpy(out["mean"]), expected.mean, atol=1e-4)
+    assert torch.allclose(torch.from_numpy(out["probs"]), expected.probs, atol=1e-5)
+    assert np.array_equal(out["median"], expected.median.numpy())
     assert torch.allclose(torch.from_numpy(out["std_epistemic"]), expected.std_epistemic,
                           atol=1e-4)
     assert (out["std_epistemic"] > 0).all()

@@ -14,55 +14,76 @@ from yacs.config import CfgNode
 from age_estimation.data.build import AgeDataset, eval_loader
 from age_estimation.data.records import Record
 from age_estimation.engine.adabn import adapt_batchnorm, adaptation_split
-from age_estimation.engine.inference import combine, predict_attribute_logits, predict_loader
+from age_estimation.engine.inference import (
+    PREDICTION_COLUMNS,
+    combine,
+    predict_attribute_logits,
+    predict_loader,
+    prediction_columns,
+    prediction_from_columns,
+)
 from age_estimation.hardware import amp_enabled
 from age_estimation.models.attributes import attribute_accuracy, encode_attributes
-from age_estimation.models.heads import Prediction
 from age_estimation.models.model import AgeModel
 
+# Point estimates of the age a predictions table can report as `pred` (test.py --point).
+POINT_ESTIMATES = ("mean", "median")
 
-def predictions_frame(records: Sequence[Record], outputs: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Columns id, path, age, age_std, pred, std, std_aleatoric, std_epistemic, then attributes."""
+
+def predictions_frame(records: Sequence[Record], outputs: dict[str, np.ndarray],
+                      point: str = "mean") -> pd.DataFrame:
+    """Columns id, path, age, age_std, pred (the `point` estimate), mean, median, std,
+    std_aleatoric, std_epistemic, then the records' attributes."""
+    if point not in POINT_ESTIMATES:
+        raise ValueError(f"point estimate {point!r}: expected one of {', '.join(POINT_ESTIMATES)}")
     rows = [records[i] for i in outputs["index"]]
     frame = pd.DataFrame({
         "id": [r.id for r in rows],
         "path": [r.path for r in rows],
         "age": [r.age for r in rows],
         "age_std": [r.age_std for r in rows],
-        **{k: outputs[k] for k in ("pred", "std", "std_aleatoric", "std_epistemic")},
+        "pred": outputs[point],
+        **{k: outputs[k] for k in PREDICTION_COLUMNS},
     })
     attributes = pd.DataFrame([r.attrs for r in rows], index=frame.index)
     return pd.concat([frame, attributes], axis=1) if len(attributes.columns) else frame
 
 
-def predict_records(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[Record],
+def predict_outputs(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[Record],
                     images: np.ndarray, views: Sequence[str] = ("identity",),
-                    mc_samples: int = 0, device: str = "cpu") -> pd.DataFrame:
-    """Predict every cached image with the given model(s) and inference options."""
+                    mc_samples: int = 0, device: str = "cpu") -> dict[str, np.ndarray]:
+    """predict_loader's arrays for every cached image with the given model(s) and inference
+    options, plus `id` (the records' ids, so that outputs of several caches can be matched)."""
     loader = eval_loader(cfg, list(records), images)
     outputs = predict_loader(models, loader, views, mc_samples,
                              amp=amp_enabled(cfg.TRAIN.AMP, device), device=device)
-    return predictions_frame(records, outputs)
+    outputs["id"] = np.array([records[i].id for i in outputs["index"]], dtype=object)
+    return outputs
 
 
-def combine_frames(frames: Sequence[pd.DataFrame], weights: Sequence[float]) -> pd.DataFrame:
-    """One predictions frame from several of the same images (e.g. ensemble members at their
-    own input sizes, each frame the mixture of `weights[i]` members), through `combine`."""
-    if len(frames) == 1:
-        return frames[0]
-    ids = frames[0]["id"].tolist()
-    for frame in frames[1:]:
-        if frame["id"].tolist() != ids:
+def predict_records(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[Record],
+                    images: np.ndarray, views: Sequence[str] = ("identity",),
+                    mc_samples: int = 0, device: str = "cpu", point: str = "mean"
+                    ) -> pd.DataFrame:
+    """The predictions table of every cached image (see predict_outputs, predictions_frame)."""
+    outputs = predict_outputs(models, cfg, records, images, views, mc_samples, device)
+    return predictions_frame(records, outputs, point)
+
+
+def combine_outputs(outputs: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
+                    ) -> dict[str, np.ndarray]:
+    """One set of predict_outputs arrays from several of the same images (e.g. ensemble members
+    at their own input sizes, each the mixture of `weights[i]` members), through `combine`: the
+    age distributions are mixed too, so the median is the mixture's."""
+    if len(outputs) == 1:
+        return outputs[0]
+    ids = outputs[0]["id"]
+    for other in outputs[1:]:
+        if not np.array_equal(other["id"], ids):
             raise ValueError("predictions to combine cover different images (a member's cache "
                              "skipped or reordered some); expected the same ids in one order")
-    # torch.tensor copies: pandas may hand out read-only views, which torch warns about.
-    prediction = combine([Prediction(*(torch.tensor(f[k].to_numpy(np.float64)) for k in (
-        "pred", "std_aleatoric", "std_epistemic"))) for f in frames], weights)
-    out = frames[0].copy()
-    out["pred"], out["std"] = prediction.mean.numpy(), prediction.std.numpy()
-    out["std_aleatoric"] = prediction.std_aleatoric.numpy()
-    out["std_epistemic"] = prediction.std_epistemic.numpy()
-    return out
+    prediction = combine([prediction_from_columns(o) for o in outputs], weights)
+    return {"index": outputs[0]["index"], "id": ids, **prediction_columns(prediction)}
 
 
 def adapt_to_target(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[Record],

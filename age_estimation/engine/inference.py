@@ -20,7 +20,10 @@ def combine(members: Sequence[Prediction], weights: Sequence[float] | None = Non
     (normalised to sum 1) are given: mean = weighted mean of means; aleatoric var = weighted
     mean of member aleatoric vars (NaN if members have none); epistemic var = weighted variance
     of member means + weighted mean of member epistemic vars (so nested combinations, e.g. an
-    ensemble of TTA'd models, or groups of members weighted by their size, add up correctly)."""
+    ensemble of TTA'd models, or groups of members weighted by their size, add up correctly);
+    probs = weighted mean of member probs, the mixture's exact distribution over ages, when
+    every member has them (a member with a lower MODEL.MAX_AGE puts zero on the older ages),
+    else None."""
     if not members:
         raise ValueError("combine() needs at least one member")
     if weights is not None and (len(weights) != len(members) or min(weights) < 0
@@ -37,7 +40,18 @@ def combine(members: Sequence[Prediction], weights: Sequence[float] | None = Non
     aleatoric_var = (w * torch.stack([m.std_aleatoric for m in members]).square()).sum(dim=0)
     inner_epistemic_var = (w * torch.stack([m.std_epistemic for m in members]).square()).sum(dim=0)
     epistemic_var = (w * (means - mean).square()).sum(dim=0) + inner_epistemic_var
-    return Prediction(mean, aleatoric_var.sqrt(), epistemic_var.sqrt())
+    return Prediction(mean, aleatoric_var.sqrt(), epistemic_var.sqrt(),
+                      _mixture_probs([m.probs for m in members], w))
+
+
+def _mixture_probs(member_probs: Sequence[Tensor | None], w: Tensor) -> Tensor | None:
+    """Weighted mean of the members' [B, K_i] age distributions, zero-padded to the largest K;
+    None unless every member has one. `w` is combine's [M, 1, ...] weight tensor."""
+    if any(p is None for p in member_probs):
+        return None
+    classes = max(p.shape[-1] for p in member_probs)
+    padded = torch.stack([F.pad(p.float(), (0, classes - p.shape[-1])) for p in member_probs])
+    return (w.view(-1, *[1] * (padded.dim() - 1)).to(padded) * padded).sum(dim=0)
 
 
 def _zoom(images: Tensor, scale: float) -> Tensor:
@@ -145,23 +159,41 @@ def predict_batch(model: AgeModel, images: Tensor, views: Sequence[str] = ("iden
     return combine(members)
 
 
+PREDICTION_COLUMNS = ("mean", "median", "std", "std_aleatoric", "std_epistemic")
+
+
+def prediction_columns(prediction: Prediction) -> dict[str, np.ndarray]:
+    """A Prediction as numpy arrays: PREDICTION_COLUMNS, plus `probs` [B, K] where it has one."""
+    columns = {k: getattr(prediction, k).float().cpu().numpy() for k in PREDICTION_COLUMNS}
+    if prediction.probs is not None:
+        columns["probs"] = prediction.probs.float().cpu().numpy()
+    return columns
+
+
+def prediction_from_columns(columns: dict[str, np.ndarray]) -> Prediction:
+    """The inverse of prediction_columns (the total std and median are derived again)."""
+    # torch.tensor copies: pandas and numpy may hand out read-only views, which torch warns about.
+    fields = [torch.tensor(columns[k]) for k in ("mean", "std_aleatoric", "std_epistemic")]
+    probs = columns.get("probs")
+    return Prediction(*fields, None if probs is None else torch.tensor(probs))
+
+
 @torch.no_grad()
 def predict_loader(models: Sequence[AgeModel], batches: Iterable[dict[str, Tensor]],
                    views: Sequence[str] = ("identity",), mc_samples: int = 0,
                    amp: bool = False, device: str = "cpu") -> dict[str, np.ndarray]:
-    """Run every model (ensemble members) over every batch; returns arrays keyed
-    index, pred, std, std_aleatoric, std_epistemic (one row per image, in loader order)."""
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "index", "pred", "std", "std_aleatoric", "std_epistemic")}
+    """Run every model (ensemble members) over every batch; returns arrays keyed index and
+    PREDICTION_COLUMNS (+ probs, see prediction_columns), one row per image, in loader order."""
+    index, parts = [], []
     for batch in batches:
         images = batch["image"].to(device)
         prediction = combine([predict_batch(m, images, views, mc_samples, amp) for m in models])
-        columns["index"].append(batch["index"].numpy())
-        columns["pred"].append(prediction.mean.float().cpu().numpy())
-        columns["std"].append(prediction.std.float().cpu().numpy())
-        columns["std_aleatoric"].append(prediction.std_aleatoric.float().cpu().numpy())
-        columns["std_epistemic"].append(prediction.std_epistemic.float().cpu().numpy())
-    return {k: np.concatenate(v) if v else np.empty(0) for k, v in columns.items()}
+        index.append(batch["index"].numpy())
+        parts.append(prediction_columns(prediction))
+    if not parts:
+        return {k: np.empty(0) for k in ("index", *PREDICTION_COLUMNS)}
+    return {"index": np.concatenate(index),
+            **{k: np.concatenate([part[k] for part in parts]) for k in parts[0]}}
 
 
 @torch.no_grad()

@@ -35,11 +35,26 @@ def register_head(name: str):
 
 @dataclass
 class Prediction:
-    """A predictive distribution per image (all tensors of shape [B], in years)."""
+    """A predictive distribution per image (tensors of shape [B], in years, but `probs`)."""
 
     mean: Tensor
     std_aleatoric: Tensor  # the head's own spread; NaN for heads without one (l1, l2)
     std_epistemic: Tensor  # spread across members (views, dropout samples, models); 0 for one
+    # [B, K]: probabilities of the integer ages 0..K-1, for the heads that classify over them
+    # (dex, dldl, ordinal); None for the others. Kept so that mixtures have an exact median.
+    probs: Tensor | None = None
+
+    @property
+    def median(self) -> Tensor:
+        """The point estimate that minimises the expected absolute error: a median of the
+        predictive distribution. With `probs`, the smallest integer age whose cumulative
+        probability reaches 1/2 (exactly a median for whole-year labels such as UTKFace's and
+        FG-NET's); without, the mean, which is the median of one l1/l2/gaussian/laplace head
+        (symmetric) and only an approximation for a mixture of them."""
+        if self.probs is None:
+            return self.mean
+        below_half = (self.probs.float().cumsum(dim=1) < 0.5).sum(dim=1)
+        return below_half.clamp_max(self.probs.shape[1] - 1).to(self.mean.dtype)
 
     @property
     def std(self) -> Tensor:
@@ -52,10 +67,13 @@ class Prediction:
 
 
 def distribution_prediction(probs: Tensor, values: Tensor) -> Prediction:
-    """Mean and std of a discrete distribution `probs` [B, K] over `values` ([K] or [B, K])."""
+    """Mean and std of a discrete distribution `probs` [B, K] over `values`: [K], the integer
+    ages 0..K-1 (then `probs` is kept for the median), or [B, K], a support of each image's own
+    (residual DEX: ages + residuals, no grid shared by images or members to mix on)."""
     mean = (probs * values).sum(dim=1)
     var = (probs * (values - mean[:, None]).square()).sum(dim=1)
-    return Prediction(mean, var.clamp_min(0).sqrt(), torch.zeros_like(mean))
+    return Prediction(mean, var.clamp_min(0).sqrt(), torch.zeros_like(mean),
+                      probs if values.dim() == 1 else None)
 
 
 class Head(nn.Module):
