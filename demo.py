@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with no face found, estimate on the whole image")
     parser.add_argument("--tta", nargs="?", const="flip", default=None,
                         help="test-time views: N, 'flip' or names (PyTorch models only)")
+    parser.add_argument("--point", choices=("mean", "median"), default="mean",
+                        help="the age shown: the predictive mean, or its median (the estimate "
+                             "of least expected absolute error; PyTorch models only)")
     parser.add_argument("--max_frames", type=int, default=0,
                         help="video / webcam: stop after N frames (0 = all)")
     parser.add_argument("--no_display", action="store_true",
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = image_files(args.img_dir)
             if not paths:
                 print(f"no image files in {args.img_dir}", file=sys.stderr)
-        model = load_age_model(args.resume, args.onnx, args.tta, args.ensemble)
+        model = load_age_model(args.resume, args.onnx, args.tta, args.ensemble, args.point)
         estimator = AgeEstimator(model, args.detector, args.margin, args.fallback,
                                  args.upsample, args.min_score)
     except (SourceError, FileNotFoundError, ValueError, RuntimeError) as err:

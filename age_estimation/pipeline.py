@@ -40,9 +40,10 @@ class SourceError(RuntimeError):
 
 
 class Ages(NamedTuple):
-    """Per-face predictions in years (float arrays [N]); std is the total spread."""
+    """Per-face predictions in years (float arrays [N]): `age` is the point estimate (the
+    predictive mean or median), std the total spread."""
 
-    mean: np.ndarray
+    age: np.ndarray
     std: np.ndarray
     std_aleatoric: np.ndarray
     std_epistemic: np.ndarray
@@ -61,14 +62,19 @@ class AgeModelRunner(Protocol):
 class TorchAgeModel:
     """A checkpoint (training or bundled) run in PyTorch, with optional test-time views, or an
     ensemble of them: faces are cropped at the largest member's input size and resized for the
-    others (as their training cache was), and the members' predictions are combined."""
+    others (as their training cache was), and the members' predictions are combined. `point`:
+    the age reported, the predictive mean or median (as test.py --point)."""
 
     def __init__(self, checkpoint: str | Path, tta: str | int | None = None,
-                 ensemble: Sequence[str | Path] = ()) -> None:
+                 ensemble: Sequence[str | Path] = (), point: str = "mean") -> None:
         from age_estimation.engine.checkpoint import load_model
+        from age_estimation.engine.evaluation import POINT_ESTIMATES
         from age_estimation.engine.inference import parse_tta
 
-        self.views = parse_tta(tta)
+        if point not in POINT_ESTIMATES:
+            raise ValueError(f"point estimate {point!r}: expected one of "
+                             f"{', '.join(POINT_ESTIMATES)}")
+        self.views, self.point = parse_tta(tta), point
         loaded = [load_model(path) for path in [checkpoint, *ensemble]]
         self.members = [(model, int(cfg.MODEL.IMG_SIZE)) for model, cfg in loaded]
         self.image_size = max(size for _, size in self.members)
@@ -86,7 +92,8 @@ class TorchAgeModel:
             predictions.append(predict_batch(model, images, self.views))
         prediction = combine(predictions)
         return Ages(*(t.float().numpy() for t in (
-            prediction.mean, prediction.std, prediction.std_aleatoric, prediction.std_epistemic)))
+            getattr(prediction, self.point), prediction.std, prediction.std_aleatoric,
+            prediction.std_epistemic)))
 
 
 class OnnxAgeModel:
@@ -115,19 +122,19 @@ class OnnxAgeModel:
 
 
 def load_age_model(checkpoint: str | Path | None = None, onnx: str | Path | None = None,
-                   tta: str | int | None = None,
-                   ensemble: Sequence[str | Path] = ()) -> AgeModelRunner:
+                   tta: str | int | None = None, ensemble: Sequence[str | Path] = (),
+                   point: str = "mean") -> AgeModelRunner:
     """An ONNX export via onnxruntime (torch never imported), else a PyTorch checkpoint
     (default: the bundled model), alone or with more `ensemble` checkpoints."""
     if onnx:
-        if tta or ensemble:
-            raise ValueError("test-time views (--tta) and --ensemble need the PyTorch model, "
-                             "not --onnx")
+        if tta or ensemble or point != "mean":
+            raise ValueError("test-time views (--tta), --ensemble and --point median need the "
+                             "PyTorch model, not --onnx (an export reports the mean)")
         return OnnxAgeModel(onnx)
     if checkpoint is None and not DEFAULT_MODEL.is_file():
         raise FileNotFoundError(f"no bundled model at {DEFAULT_MODEL}: pass a checkpoint "
                                 f"(--resume), or create it with scripts/bundle_model.py CKPT")
-    return TorchAgeModel(checkpoint or DEFAULT_MODEL, tta, ensemble)
+    return TorchAgeModel(checkpoint or DEFAULT_MODEL, tta, ensemble, point)
 
 
 # ------------------------------------------------------------------------------ results

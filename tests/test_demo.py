@@ -158,16 +158,38 @@ def test_ensemble_of_two_input_sizes_averages_its_members(checkpoint, astronaut,
         np.stack([resize_square(c, 64) for c in crops]))
     large = load_age_model(str(larger)).predict(crops)
     mixed = ensemble.predict(crops)
-    assert np.allclose(mixed.mean, (small.mean + large.mean) / 2, atol=1e-3)
-    assert np.allclose(mixed.std_epistemic, np.abs(small.mean - large.mean) / 2, atol=1e-3)
-    assert not np.allclose(small.mean, large.mean, atol=0.1)  # two different members
+    assert np.allclose(mixed.age, (small.age + large.age) / 2, atol=1e-3)
+    assert np.allclose(mixed.std_epistemic, np.abs(small.age - large.age) / 2, atol=1e-3)
+    assert not np.allclose(small.age, large.age, atol=0.1)  # two different members
     out = tmp_path / "ages.json"
     assert demo.main(["--image", str(write_bgr(tmp_path / "a.png", astronaut)), "--resume",
                       str(checkpoint), "--ensemble", str(larger), "--json", str(out)]) == 0
     (face,) = json.loads(out.read_text())[0]["faces"]
     assert face["std_epistemic"] > 0  # the members disagree
     assert demo.main(["--onnx", str(tmp_path / "nope.onnx"), "--ensemble", str(larger)]) == 2
-    assert "--ensemble need the PyTorch model" in capsys.readouterr().err
+    assert "--ensemble and --point median need the PyTorch model" in capsys.readouterr().err
+
+
+def test_point_median_shows_the_mixture_median(checkpoint, astronaut, tmp_path, capsys):
+    """--point median: the age is a whole year (the median of the members' mixed distribution
+    over ages), the spread is unchanged; an ONNX export cannot give it."""
+    larger = write_checkpoint(tmp_path / "larger.pth", size=80, seed=1)
+    crops = np.random.default_rng(0).integers(0, 256, (3, 80, 80, 3), dtype=np.uint8)
+    mean = load_age_model(str(checkpoint), ensemble=[str(larger)]).predict(crops)
+    median = load_age_model(str(checkpoint), ensemble=[str(larger)], point="median"
+                            ).predict(crops)
+    assert np.array_equal(median.age, np.round(median.age))
+    assert not np.allclose(median.age, mean.age, atol=0.5)
+    assert np.array_equal(median.std, mean.std)
+    out = tmp_path / "ages.json"
+    assert demo.main(["--image", str(write_bgr(tmp_path / "a.png", astronaut)), "--resume",
+                      str(checkpoint), "--point", "median", "--json", str(out)]) == 0
+    (face,) = json.loads(out.read_text())[0]["faces"]
+    assert face["age"] == round(face["age"])
+    assert demo.main(["--onnx", str(tmp_path / "nope.onnx"), "--point", "median"]) == 2
+    assert "--point median need the PyTorch model" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="point estimate 'mode'"):
+        load_age_model(str(checkpoint), point="mode")
 
 
 def test_face_without_a_spread_is_labelled_and_written_as_null():

@@ -216,6 +216,14 @@ def test_ensemble_card_lists_members_and_refuses_a_summary_of_other_models(check
     assert f"--resume {members[0]} --ensemble {members[1]} --tta identity,flip`" in text
     assert "MAE 4.88 years (95 % bootstrap CI 4.70–5.05)" in text
     assert "| 60+ | 300 | 8.50 | -6.00 |" in text and "not evaluated (pass --cross" in text
+    assert "point estimate: the mean" in text  # a summary from before test.py --point
+    # A summary of the median (test.py --point median): the usage line says so too.
+    summary["inference"]["point"] = "median"
+    test_json.write_text(json.dumps(summary))
+    assert bundle_model(["--members", *map(str, members), "--test_json", str(test_json)]) == 0
+    text = card.read_text()
+    assert "--tta identity,flip --point median`" in text
+    assert "point estimate: the median" in text
     # A summary of one member alone (or of other models) is refused: not the ensemble's numbers.
     summary["inference"]["checkpoints"] = [str(members[0])]
     test_json.write_text(json.dumps(summary))

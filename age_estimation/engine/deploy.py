@@ -116,6 +116,8 @@ def _evaluation_meta(test_json: str | Path, checkpoints: Sequence[Path]) -> dict
         "file": str(test_json),
         **{k: summary.get(k) for k in ("n", "mae", "mae_ci", "cs5", "by_group")},
         **{k: summary.get("inference", {}).get(k) for k in ("split", "data", "tta")},
+        # summaries from before test.py --point reported the mean
+        "point": summary.get("inference", {}).get("point", "mean"),
     }
 
 
@@ -190,7 +192,8 @@ def _evaluation_line(evaluation: dict[str, Any]) -> str:
     return (f"MAE {_fmt(evaluation.get('mae'))} years{interval}, CS@5 "
             f"{_fmt(evaluation.get('cs5'), 3)} on {evaluation.get('n')} images (split "
             f"`{evaluation.get('split')}`, data `{evaluation.get('data')}`, TTA "
-            f"{evaluation.get('tta')}; from `{evaluation['file']}`)")
+            f"{evaluation.get('tta')}, point estimate: the {evaluation.get('point')}; from "
+            f"`{evaluation['file']}`)")
 
 
 def _age_group_table(evaluation: dict[str, Any]) -> str:
@@ -256,6 +259,7 @@ def ensemble_card_fields(bundles: Sequence[str | Path], test_json: str | Path | 
     first, others = bundles[0], " ".join(map(str, bundles[1:]))
     views = test.get("tta") or ["identity"]
     tta = f" --tta {','.join(views)}" if list(views) != ["identity"] else ""
+    tta += " --point median" if test.get("point") == "median" else ""
     return {
         "members": ("\n\n| file | architecture | source | command | training time to that epoch |\n"
                     "| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"),
