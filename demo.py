@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from age_estimation.cli import setup_logging
+from age_estimation.cli import POINT_ESTIMATES, setup_logging
 from age_estimation.pipeline import (
     DEFAULT_MIN_SCORE,
     DEFAULT_MODEL,
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with no face found, estimate on the whole image")
     parser.add_argument("--tta", nargs="?", const="flip", default=None,
                         help="test-time views: N, 'flip' or names (PyTorch models only)")
-    parser.add_argument("--point", choices=("mean", "median"), default="mean",
+    parser.add_argument("--point", choices=POINT_ESTIMATES, default="mean",
                         help="the age shown: the predictive mean, or its median (the estimate "
                              "of least expected absolute error; PyTorch models only)")
     parser.add_argument("--max_frames", type=int, default=0,

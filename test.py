@@ -32,12 +32,11 @@ import sys
 import time
 from pathlib import Path
 
-from age_estimation.cli import setup_logging
+from age_estimation.cli import POINT_ESTIMATES, setup_logging
 from age_estimation.config import ConfigError
 from age_estimation.data.cache import BadImageError
 from age_estimation.data.datasets import DatasetError, parse_data_spec
 from age_estimation.engine.checkpoint import CheckpointError, load_checkpoint, load_model
-from age_estimation.engine.evaluation import POINT_ESTIMATES
 
 
 def main(argv=None) -> int:

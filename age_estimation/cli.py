@@ -10,6 +10,10 @@ from pathlib import Path
 # Never reach a model hub at run time unless the user asked for it explicitly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The point estimates of the age that test.py, demo.py and compare_peers.py report (--point):
+# the predictive mean, or its median (heads.Prediction.median).
+POINT_ESTIMATES = ("mean", "median")
+
 
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Log to stderr and, when given, to a file (appending, so resumed runs keep history)."""

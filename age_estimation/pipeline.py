@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 import cv2
 import numpy as np
 
+from age_estimation.cli import POINT_ESTIMATES
 from age_estimation.data.cache import BadImageError, load_image, resize_square
 from age_estimation.faces import Face, FaceDetector, letterbox, to_rgb
 
@@ -68,7 +69,6 @@ class TorchAgeModel:
     def __init__(self, checkpoint: str | Path, tta: str | int | None = None,
                  ensemble: Sequence[str | Path] = (), point: str = "mean") -> None:
         from age_estimation.engine.checkpoint import load_model
-        from age_estimation.engine.evaluation import POINT_ESTIMATES
         from age_estimation.engine.inference import parse_tta
 
         if point not in POINT_ESTIMATES:

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from age_estimation.analysis.runner import hardware  # noqa: E402
-from age_estimation.cli import setup_logging  # noqa: E402
+from age_estimation.cli import POINT_ESTIMATES, setup_logging  # noqa: E402
 from age_estimation.data.cache import load_image, resize_square  # noqa: E402
 from age_estimation.data.datasets import default_data_dir, read_dataset  # noqa: E402
 from age_estimation.metrics import bootstrap_ci, bootstrap_diff_ci, cs_at  # noqa: E402
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", nargs="+", default=[str(REPO / "models" / "age_model.pth")],
                         help="a checkpoint, or several: their ensemble")
     parser.add_argument("--tta", default=None, help="test-time views of ours (flip, all, N)")
-    parser.add_argument("--point", choices=("mean", "median"), default="mean",
+    parser.add_argument("--point", choices=POINT_ESTIMATES, default="mean",
                         help="our point estimate (as test.py --point)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with utkface/ and fgnet/ (default: $AGE_ESTIMATION_DATA "

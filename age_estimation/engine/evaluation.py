@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
+from age_estimation.cli import POINT_ESTIMATES
 from age_estimation.data.build import AgeDataset, eval_loader
 from age_estimation.data.records import Record
 from age_estimation.engine.adabn import adapt_batchnorm, adaptation_split
@@ -25,9 +26,6 @@ from age_estimation.engine.inference import (
 from age_estimation.hardware import amp_enabled
 from age_estimation.models.attributes import attribute_accuracy, encode_attributes
 from age_estimation.models.model import AgeModel
-
-# Point estimates of the age a predictions table can report as `pred` (test.py --point).
-POINT_ESTIMATES = ("mean", "median")
 
 
 def predictions_frame(records: Sequence[Record], outputs: dict[str, np.ndarray],

@@ -35,7 +35,7 @@ def register_head(name: str):
 
 @dataclass
 class Prediction:
-    """A predictive distribution per image (tensors of shape [B], in years, but `probs`)."""
+    """A predictive distribution per image: tensors of shape [B] in years, and `probs`."""
 
     mean: Tensor
     std_aleatoric: Tensor  # the head's own spread; NaN for heads without one (l1, l2)
