@@ -117,7 +117,8 @@ _C.LOSS.LDS_SIGMA = 2.0
 # Weight of each MODEL.ATTRIBUTES cross-entropy relative to the age loss ([] = all 1.0).
 _C.LOSS.ATTRIBUTE_WEIGHTS = []
 # Knowledge distillation: a teacher's per-image predictions on the train split (test.py
-# --split train --out FILE, e.g. with --ensemble), matched by image id; "" = off.
+# --split train --out FILE, e.g. with --ensemble; its predictive mean is used, whatever
+# --point), matched by image id; "" = off.
 _C.LOSS.DISTILL_PREDICTIONS = ""
 # The age loss becomes (1 - W) x loss(true age) + W x loss(teacher's predicted age), for any head.
 _C.LOSS.DISTILL_WEIGHT = 0.5

@@ -92,6 +92,20 @@ def test_teacher_ages_follow_the_ids_and_a_missing_image_is_named(csv_dataset, t
         teacher_ages(tmp_path / "short.csv", records)
     with pytest.raises(ConfigError, match=r"LOSS\.DISTILL_PREDICTIONS = .*nope\.csv"):
         teacher_ages(tmp_path / "nope.csv", records)
+    pd.DataFrame({"id": [r.id for r in records]}).to_csv(tmp_path / "ids.csv", index=False)
+    with pytest.raises(ConfigError, match=r"ids\.csv: expected .* mean \(or pred\), found id"):
+        teacher_ages(tmp_path / "ids.csv", records)
+
+
+def test_teacher_ages_are_the_predictive_mean_whatever_the_point_estimate(csv_dataset, tmp_path):
+    """A teacher file made with test.py --point median has whole-year `pred`s; the teacher's
+    mean (its `mean` column) is what is distilled."""
+    records = read_dataset("csv", str(csv_dataset), "train")
+    frame = pd.read_csv(teacher_csv(tmp_path / "t.csv", csv_dataset, 0.3))
+    frame["mean"], frame["pred"] = frame["pred"], frame["pred"].round() + 1.0
+    frame.to_csv(tmp_path / "median.csv", index=False)
+    ages = teacher_ages(tmp_path / "median.csv", records)
+    np.testing.assert_allclose(ages, [r.age + 0.3 for r in records])
 
 
 def train_losses(out: Path, data: Path, *extra: str) -> list[float]:

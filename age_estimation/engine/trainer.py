@@ -125,13 +125,19 @@ def mixup(images: torch.Tensor, alpha: float, seed: Sequence[int]
 
 
 def teacher_ages(path: str | Path, records: list[Record]) -> np.ndarray:
-    """A teacher's predicted age for each record, from a test.py predictions CSV (columns id,
-    pred); every record must be there, or the error names how many are missing and one id."""
+    """A teacher's predicted age for each record, from a test.py predictions CSV: its predictive
+    mean (column `mean`, whatever `--point` made `pred`: a whole-year median would discard what
+    the teacher knows between years; `pred` in files written before test.py had `mean`). Every
+    record must be there, or the error names how many are missing and one id."""
     try:
-        table = pd.read_csv(path, usecols=["id", "pred"])
+        table = pd.read_csv(path, usecols=lambda column: column in {"id", "pred", "mean"})
     except (OSError, ValueError) as err:
         raise ConfigError(f"LOSS.DISTILL_PREDICTIONS = {path}: {err}") from None
-    predicted = table.drop_duplicates("id").set_index("id")["pred"]
+    column = "mean" if "mean" in table.columns else "pred"
+    if not {"id", column} <= set(table.columns):
+        raise ConfigError(f"LOSS.DISTILL_PREDICTIONS = {path}: expected test.py's columns id "
+                          f"and mean (or pred), found {', '.join(table.columns) or 'none'}")
+    predicted = table.drop_duplicates("id").set_index("id")[column]
     ids = [r.id for r in records]
     found = predicted.reindex(ids).to_numpy(dtype=np.float64)
     missing = [i for i, value in zip(ids, found) if not math.isfinite(value)]
