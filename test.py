@@ -5,10 +5,10 @@
 Prints MAE, CS@5, ChaLearn eps-error (when label stds are known), MAE by age group and by
 attribute, uncertainty quality when the predictions have a spread, and the accuracy of the
 attribute heads when the model has them (MODEL.ATTRIBUTES; the --resume model's, identity
-view); writes per-image predictions (CSV: pred, std, std_aleatoric, std_epistemic
-[, std_scaled][, pred_<attribute>]), the summary (JSON) and, when the predictions have a
-spread, a reliability diagram (<out>.reliability.png) next to them. The CSV's `pred` is the
---point estimate; `mean` and `median` are both always there.
+view); writes per-image predictions (CSV: pred, mean, median, std, std_aleatoric,
+std_epistemic [, std_scaled][, pred_<attribute>]), the summary (JSON) and, when the predictions
+have a spread, a reliability diagram (<out>.reliability.png) next to them. The CSV's `pred`
+is the --point estimate; `mean` and `median` are both always there.
 
 Test-time augmentation (--tta): a number N uses the first N views of
   identity, flip, zoom_in, zoom_in_flip, zoom_out, zoom_out_flip
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
                 if len(outputs) == 1:
                     first = size_cfg, records, images
             combined = combine_outputs(outputs, [len(m) for m in groups.values()])
-            if args.point == "median" and "probs" not in combined:
+            if target and args.point == "median" and "probs" not in combined:
                 print("warning: --point median: not every head has a distribution over ages "
                       "(dex, dldl, ordinal); the median reported is the mean", file=sys.stderr)
             frame = predictions_frame(first[1], combined, args.point)
