@@ -150,6 +150,13 @@ _C.TRAIN.FUSED_OPTIMIZER = True
 # training loop 1.35x faster at 96 px on an AMX CPU, results/bench/train*.md): -1 = auto (16 on
 # a CPU with AMX, off elsewhere), 0 = off, N = N on any CPU. Never on a GPU or at inference.
 _C.TRAIN.MATMUL_CONV_MAX_AREA = -1
+# Progressive resizing: the first TRAIN.PROGRESSIVE_EPOCHS epochs train on each batch
+# downsampled (antialiased bilinear) from MODEL.IMG_SIZE to this many pixels, at about
+# (PROGRESSIVE_SIZE / IMG_SIZE)^2 of a step's cost; later epochs and every validation use
+# MODEL.IMG_SIZE. 0 = off.
+_C.TRAIN.PROGRESSIVE_SIZE = 0
+# Epochs at TRAIN.PROGRESSIVE_SIZE, from the first; fewer than TRAIN.EPOCHS.
+_C.TRAIN.PROGRESSIVE_EPOCHS = 0
 # Learning-rate schedule: cosine | step (x0.1 at TRAIN.STEPS epochs).
 _C.TRAIN.SCHEDULE = "cosine"
 # Epochs at which the step schedule divides the learning rate by 10.

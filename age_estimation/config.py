@@ -77,6 +77,15 @@ def validate(cfg: CfgNode) -> None:
     if cfg.TRAIN.MATMUL_CONV_MAX_AREA < -1:
         raise ConfigError(f"TRAIN.MATMUL_CONV_MAX_AREA = {cfg.TRAIN.MATMUL_CONV_MAX_AREA}: "
                           f"expected -1 (auto), 0 (off) or a largest output map in pixels")
+    train = cfg.TRAIN
+    if (train.PROGRESSIVE_SIZE or train.PROGRESSIVE_EPOCHS) and not (
+            0 < train.PROGRESSIVE_SIZE < cfg.MODEL.IMG_SIZE
+            and 0 < train.PROGRESSIVE_EPOCHS < train.EPOCHS):
+        # The last epoch must train at MODEL.IMG_SIZE: validation and inference run there.
+        raise ConfigError(f"TRAIN.PROGRESSIVE_SIZE = {train.PROGRESSIVE_SIZE}, "
+                          f"TRAIN.PROGRESSIVE_EPOCHS = {train.PROGRESSIVE_EPOCHS}: expected a size "
+                          f"below MODEL.IMG_SIZE ({cfg.MODEL.IMG_SIZE}) for 1 to TRAIN.EPOCHS - 1 "
+                          f"({train.EPOCHS - 1}) epochs, or both 0 (off)")
     if not 0.0 <= cfg.MODEL.DROPOUT < 1.0:
         raise ConfigError(f"MODEL.DROPOUT = {cfg.MODEL.DROPOUT}: expected a value in [0, 1)")
     from age_estimation.data.perturbations import parse_perturb_range

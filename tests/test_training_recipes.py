@@ -134,3 +134,49 @@ def test_distillation_blends_the_loss_for_the_teachers_ages(csv_dataset, tmp_pat
                            "LOSS.DISTILL_PREDICTIONS",
                            str(older), "LOSS.DISTILL_WEIGHT", "1.0")
     assert shifted[0] > plain[0] + 10.0
+
+
+# ------------------------------------------------------------------------ progressive resizing
+def test_downsample_resizes_a_uint8_batch_in_uint8_like_the_float_resize():
+    from age_estimation.engine.trainer import downsample
+
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    images = images.contiguous(memory_format=torch.channels_last)
+    small = downsample(images, 24)
+    assert small.dtype == torch.uint8 and small.shape == (2, 3, 24, 24)
+    from_float = downsample(images.float() / 255.0, 24)
+    assert from_float.dtype == torch.float32
+    assert (small.float() - from_float * 255.0).abs().max() < 1.01  # uint8 rounding only
+    flat = torch.full((1, 3, 32, 32), 77, dtype=torch.uint8)
+    assert torch.equal(downsample(flat, 8), torch.full((1, 3, 8, 8), 77, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("size, epochs", [(24, 0), (0, 2), (32, 2), (40, 2), (24, 3), (-8, 2)])
+def test_progressive_resizing_refuses_settings_that_never_reach_the_model_size(size, epochs):
+    with pytest.raises(ConfigError, match=r"TRAIN\.PROGRESSIVE_SIZE = .*MODEL\.IMG_SIZE \(32\) "
+                                          r"for 1 to TRAIN\.EPOCHS - 1 \(2\) epochs"):
+        load_config(str(REPO / "configs/utkface_resnet18_dex.yaml"), [
+            "MODEL.IMG_SIZE", "32", "TRAIN.EPOCHS", "3", "TRAIN.PROGRESSIVE_SIZE", str(size),
+            "TRAIN.PROGRESSIVE_EPOCHS", str(epochs)])
+
+
+def test_progressive_resizing_trains_the_first_epochs_smaller_and_validates_at_full_size(
+        csv_dataset, tmp_path):
+    from age_estimation.engine.trainer import Trainer
+
+    cfg = load_config(str(REPO / "configs/utkface_resnet18_dex.yaml"), [
+        "OUTPUT_DIR", str(tmp_path / "run"), "DATA.DATASET", "csv", "DATA.ROOT", str(csv_dataset),
+        "DATA.CACHE_DIR", str(tmp_path / "cache"), "DATA.NUM_WORKERS", "0",
+        "MODEL.BACKBONE", "test_resnet", "MODEL.IMG_SIZE", "32", "TRAIN.EPOCHS", "3",
+        "TRAIN.BATCH_SIZE", "4", "TRAIN.PROGRESSIVE_SIZE", "24", "TRAIN.PROGRESSIVE_EPOCHS", "2"])
+    trainer = Trainer(cfg)
+    inputs: list[tuple[bool, int]] = []
+    trainer.model.backbone.register_forward_pre_hook(
+        lambda module, args: inputs.append((module.training, args[0].shape[-1])))
+    trainer.fit()
+    # 12 train images in 3 steps per epoch, then one validation batch of the 4 valid images
+    epoch = [(True, 24)] * 3 + [(False, 32)]
+    assert inputs == epoch + epoch + [(True, 32)] * 3 + [(False, 32)]
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2, 3] and metrics["valid_mae"].notna().all()

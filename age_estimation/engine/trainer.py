@@ -124,6 +124,16 @@ def mixup(images: torch.Tensor, alpha: float, seed: Sequence[int]
     return (pixels * lam + pixels[order] * (1.0 - lam)) / 255.0, lam, order
 
 
+def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch resized to size x size pixels (antialiased bilinear), for progressive resizing.
+    uint8 stays uint8 on the CPU, where torch has a fast uint8 kernel; elsewhere it becomes
+    float in [0, 1], which AgeModel and mixup also take."""
+    if images.dtype == torch.uint8 and images.device.type != "cpu":
+        images = images.float() / 255.0
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
+                                           antialias=True, align_corners=False)
+
+
 def teacher_ages(path: str | Path, records: list[Record]) -> np.ndarray:
     """A teacher's predicted age for each record, from a test.py predictions CSV: its predictive
     mean (column `mean`, whatever `--point` made `pred`: a whole-year median would discard what
@@ -244,6 +254,10 @@ class Trainer:
         if self.synthetic_set is not None:
             logger.info("synthetic %d images from %s, %g of each batch", len(synthetic_records),
                         cfg.DATA.SYNTHETIC.ROOT, cfg.DATA.SYNTHETIC.RATIO)
+        if cfg.TRAIN.PROGRESSIVE_EPOCHS:
+            logger.info("progressive resizing: epochs 1-%d at %d px, then %d px",
+                        cfg.TRAIN.PROGRESSIVE_EPOCHS, cfg.TRAIN.PROGRESSIVE_SIZE,
+                        cfg.MODEL.IMG_SIZE)
 
     @staticmethod
     def _new_stats() -> dict:
@@ -329,12 +343,15 @@ class Trainer:
                               self.sampling_weights, self.synthetic_set)
         fds_ages = self.model.fds is not None
         with_attributes = self.model.attributes is not None
+        low_res = cfg.TRAIN.PROGRESSIVE_SIZE if epoch < cfg.TRAIN.PROGRESSIVE_EPOCHS else 0
         seen_before, start = stats["seen"], time.perf_counter()
         progress = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}", leave=False,
                         disable=True if self.rank else None, mininterval=5)
         for step, batch in enumerate(progress, start=start_step):
             images = batch["image"].to(self.device, non_blocking=True)
             targets = {k: v.to(self.device) for k, v in batch.items() if k != "image"}
+            if low_res:
+                images = downsample(images, low_res)
             mixed = None
             if cfg.AUG.MIXUP_ALPHA > 0:
                 images, lam, order = mixed = mixup(images, cfg.AUG.MIXUP_ALPHA,
