@@ -148,6 +148,9 @@ def test_downsample_resizes_a_uint8_batch_in_uint8_like_the_float_resize():
     from_float = downsample(images.float() / 255.0, 24)
     assert from_float.dtype == torch.float32
     assert (small.float() - from_float * 255.0).abs().max() < 1.01  # uint8 rounding only
+    # off the CPU (no uint8 kernel there) the batch becomes float in [0, 1]
+    elsewhere = downsample(torch.empty(2, 3, 32, 32, dtype=torch.uint8, device="meta"), 24)
+    assert elsewhere.dtype == torch.float32 and elsewhere.shape == (2, 3, 24, 24)
     flat = torch.full((1, 3, 32, 32), 77, dtype=torch.uint8)
     assert torch.equal(downsample(flat, 8), torch.full((1, 3, 8, 8), 77, dtype=torch.uint8))
 
