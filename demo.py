@@ -7,6 +7,7 @@
   python demo.py --webcam 0
   python demo.py --onnx age_model.onnx --image a.jpg  # onnxruntime, no torch
   python demo.py --resume A.pth --ensemble B.pth       # an ensemble of checkpoints
+  python demo.py --resume A.pth --ensemble B.pth --ensemble-weights 2 1   # weighted
 
 Faces are found with dlib (HOG or CNN), aligned like the UTKFace training crops and sent through
 the model in one batch per image; each face gets "age ± std" (std: the model's predictive
@@ -69,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
                         help="more checkpoints whose predictions are combined with --resume's "
                              "(or the bundled model's); members may differ in input size")
+    parser.add_argument("--ensemble-weights", nargs="+", type=float, default=None, metavar="W",
+                        help="mixture weights of the checkpoints, --resume first (default: equal)")
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog",
                         help="dlib face detector: hog (fast, frontal) or cnn (slow, more pose)")
     # 0 by default: on FG-NET photos (every 4th of 505) it finds as many faces as 1 at half the
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             paths = image_files(args.img_dir)
             if not paths:
                 print(f"no image files in {args.img_dir}", file=sys.stderr)
-        model = load_age_model(args.resume, args.onnx, args.tta, args.ensemble, args.point)
+        model = load_age_model(args.resume, args.onnx, args.tta, args.ensemble, args.point,
+                               args.ensemble_weights)
         estimator = AgeEstimator(model, args.detector, args.margin, args.fallback,
                                  args.upsample, args.min_score)
     except (SourceError, FileNotFoundError, ValueError, RuntimeError) as err:

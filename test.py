@@ -1,5 +1,6 @@
 """Evaluate a checkpoint: python test.py --resume CKPT [--data KIND:PATH] [--split test|valid]
-[--tta N|POLICY|VIEWS] [--mc-dropout N] [--ensemble CKPT ...] [--point mean|median]
+[--tta N|POLICY|VIEWS] [--mc-dropout N] [--ensemble CKPT ...] [--ensemble-weights W ...]
+[--point mean|median]
 [--sigma-scale-from valid] [--out preds.csv]
 
 Prints MAE, CS@5, ChaLearn eps-error (when label stds are known), MAE by age group and by
@@ -16,9 +17,11 @@ Test-time augmentation (--tta): a number N uses the first N views of
 flip; also what a bare --tta means), zoom (identity, zoom_in, zoom_out), all (the 6 views); or a
 comma-separated list of view names, e.g. --tta identity,zoom_in.
 Every source of several predictions per image (views, MC-Dropout samples, ensemble members) is
-combined as an equal-weight mixture: std_epistemic is the spread of the members' means,
-std_aleatoric the mean of the heads' own stds (NaN for l1/l2), std the total. Ensemble members
-may differ in MODEL.IMG_SIZE: each sees the images cached at its own size.
+combined as an equal-weight mixture (ensemble members: weighted by --ensemble-weights, one
+per checkpoint, --resume first, e.g. as chosen by scripts/select_ensemble.py): std_epistemic is
+the spread of the members' means, std_aleatoric the mean of the heads' own stds (NaN for
+l1/l2), std the total. Ensemble members may differ in MODEL.IMG_SIZE: each sees the images
+cached at its own size.
 
 Point estimate (--point): the predictive mean (default), or its median, which minimises the
 expected absolute error: for heads with a distribution over whole-year ages (dex, dldl,
@@ -56,6 +59,8 @@ def main(argv=None) -> int:
                         help="MC-Dropout samples of the head per view (needs MODEL.DROPOUT > 0)")
     parser.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
                         help="more checkpoints whose predictions are combined with --resume's")
+    parser.add_argument("--ensemble-weights", nargs="+", type=float, default=None, metavar="W",
+                        help="mixture weights of the checkpoints, --resume first (default: equal)")
     parser.add_argument("--point", default="mean", choices=POINT_ESTIMATES,
                         help="the point estimate reported as pred and scored (see above)")
     parser.add_argument("--sigma-scale-from", choices=("valid",), default=None,
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
         predict_outputs,
         predictions_frame,
     )
-    from age_estimation.engine.inference import parse_tta
+    from age_estimation.engine.inference import member_weights, parse_tta
     from age_estimation.metrics import (
         fit_sigma_scale,
         format_summary,
@@ -109,13 +114,16 @@ def main(argv=None) -> int:
                              f"together with --adapt-bn")
         if args.mc_dropout < 0:
             raise ValueError(f"--mc-dropout {args.mc_dropout}: expected a number of samples >= 0")
-        loaded = [load_model(p) for p in [args.resume, *args.ensemble]]
+        checkpoints = [args.resume, *args.ensemble]
+        weights = member_weights(args.ensemble_weights, checkpoints) or [1.0] * len(checkpoints)
+        loaded = [load_model(p) for p in checkpoints]
         models = [model for model, _ in loaded]
         cfg = loaded[0][1].clone()
-        # Members at other input sizes get their own cache of the images at that size.
+        # Members at other input sizes get their own cache of the images at that size; each
+        # group is mixed with its members' weights, the groups with their summed weights.
         groups: dict[int, list] = {}
-        for model, member_cfg in loaded:
-            groups.setdefault(member_cfg.MODEL.IMG_SIZE, []).append(model)
+        for (model, member_cfg), weight in zip(loaded, weights):
+            groups.setdefault(member_cfg.MODEL.IMG_SIZE, []).append((model, weight))
         cfg.defrost()
         if args.batch_size:
             cfg.TEST.BATCH_SIZE = args.batch_size
@@ -129,7 +137,8 @@ def main(argv=None) -> int:
             """Predict a split; the evaluated target is perturbed and (AdaBN) adapted to, and
             gets the --resume model's attribute predictions (pred_<name>) and accuracy."""
             outputs = []
-            for size, members in groups.items():  # the --resume model's size first
+            for size, group in groups.items():  # the --resume model's size first
+                members = [model for model, _ in group]
                 torch.manual_seed(args.seed)  # the same MC-Dropout masks on every run
                 size_cfg = cfg.clone()
                 size_cfg.MODEL.IMG_SIZE = size
@@ -140,10 +149,11 @@ def main(argv=None) -> int:
                     records, images = adapt_to_target(members, size_cfg, records, images,
                                                       args.adapt_split, args.seed, device)
                 outputs.append(predict_outputs(members, size_cfg, records, images, views,
-                                               args.mc_dropout, device))
+                                               args.mc_dropout, device,
+                                               [weight for _, weight in group]))
                 if len(outputs) == 1:
                     first = size_cfg, records, images
-            combined = combine_outputs(outputs, [len(m) for m in groups.values()])
+            combined = combine_outputs(outputs, [sum(w for _, w in g) for g in groups.values()])
             if target and args.point == "median" and "probs" not in combined:
                 print("warning: --point median: not every head has a distribution over ages "
                       "(dex, dldl, ordinal); the median reported is the mean", file=sys.stderr)
@@ -180,7 +190,8 @@ def main(argv=None) -> int:
         shots = mae_by_shot(frame, ages_from_histogram(counts))
         summary["by_shot"] = shots.to_dict(orient="records")
         summary["train_age_counts"] = counts  # the report's per-image shots and their CIs
-    summary["inference"] = {"checkpoints": [args.resume, *args.ensemble], "tta": list(views),
+    summary["inference"] = {"checkpoints": [args.resume, *args.ensemble],
+                            "weights": args.ensemble_weights, "tta": list(views),
                             "mc_dropout": args.mc_dropout, "point": args.point,
                             "seed": args.seed,
                             "perturb": args.perturb, "adapt_bn": args.adapt_bn,

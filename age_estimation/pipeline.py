@@ -63,18 +63,21 @@ class AgeModelRunner(Protocol):
 class TorchAgeModel:
     """A checkpoint (training or bundled) run in PyTorch, with optional test-time views, or an
     ensemble of them: faces are cropped at the largest member's input size and resized for the
-    others (as their training cache was), and the members' predictions are combined. `point`:
-    the age reported, the predictive mean or median (as test.py --point)."""
+    others (as their training cache was), and the members' predictions are combined (with
+    `weights`, one per checkpoint, or equally). `point`: the age reported, the predictive mean
+    or median (as test.py --point)."""
 
     def __init__(self, checkpoint: str | Path, tta: str | int | None = None,
-                 ensemble: Sequence[str | Path] = (), point: str = "mean") -> None:
+                 ensemble: Sequence[str | Path] = (), point: str = "mean",
+                 weights: Sequence[float] | None = None) -> None:
         from age_estimation.engine.checkpoint import load_model
-        from age_estimation.engine.inference import parse_tta
+        from age_estimation.engine.inference import member_weights, parse_tta
 
         if point not in POINT_ESTIMATES:
             raise ValueError(f"point estimate {point!r}: expected one of "
                              f"{', '.join(POINT_ESTIMATES)}")
         self.views, self.point = parse_tta(tta), point
+        self.weights = member_weights(weights, [checkpoint, *ensemble])
         loaded = [load_model(path) for path in [checkpoint, *ensemble]]
         self.members = [(model, int(cfg.MODEL.IMG_SIZE)) for model, cfg in loaded]
         self.image_size = max(size for _, size in self.members)
@@ -90,7 +93,7 @@ class TorchAgeModel:
                 [resize_square(crop, size) for crop in crops])
             images = torch.from_numpy(np.ascontiguousarray(member_crops)).permute(0, 3, 1, 2)
             predictions.append(predict_batch(model, images, self.views))
-        prediction = combine(predictions)
+        prediction = combine(predictions, self.weights)
         return Ages(*(t.float().numpy() for t in (
             getattr(prediction, self.point), prediction.std, prediction.std_aleatoric,
             prediction.std_epistemic)))
@@ -123,18 +126,21 @@ class OnnxAgeModel:
 
 def load_age_model(checkpoint: str | Path | None = None, onnx: str | Path | None = None,
                    tta: str | int | None = None, ensemble: Sequence[str | Path] = (),
-                   point: str = "mean") -> AgeModelRunner:
+                   point: str = "mean", weights: Sequence[float] | None = None
+                   ) -> AgeModelRunner:
     """An ONNX export via onnxruntime (torch never imported), else a PyTorch checkpoint
-    (default: the bundled model), alone or with more `ensemble` checkpoints."""
+    (default: the bundled model), alone or with more `ensemble` checkpoints (mixed with
+    `weights`, one per checkpoint, or equally)."""
     if onnx:
-        if tta or ensemble or point != "mean":
-            raise ValueError("test-time views (--tta), --ensemble and --point median need the "
-                             "PyTorch model, not --onnx (an export reports the mean)")
+        if tta or ensemble or weights or point != "mean":
+            raise ValueError("test-time views (--tta), --ensemble (and its weights) and --point "
+                             "median need the PyTorch model, not --onnx (an export reports "
+                             "the mean)")
         return OnnxAgeModel(onnx)
     if checkpoint is None and not DEFAULT_MODEL.is_file():
         raise FileNotFoundError(f"no bundled model at {DEFAULT_MODEL}: pass a checkpoint "
                                 f"(--resume), or create it with scripts/bundle_model.py CKPT")
-    return TorchAgeModel(checkpoint or DEFAULT_MODEL, tta, ensemble, point)
+    return TorchAgeModel(checkpoint or DEFAULT_MODEL, tta, ensemble, point, weights)
 
 
 # ------------------------------------------------------------------------------ results

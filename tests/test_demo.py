@@ -167,7 +167,33 @@ def test_ensemble_of_two_input_sizes_averages_its_members(checkpoint, astronaut,
     (face,) = json.loads(out.read_text())[0]["faces"]
     assert face["std_epistemic"] > 0  # the members disagree
     assert demo.main(["--onnx", str(tmp_path / "nope.onnx"), "--ensemble", str(larger)]) == 2
-    assert "--ensemble and --point median need the PyTorch model" in capsys.readouterr().err
+    assert "--ensemble (and its weights) and --point median need the PyTorch model" in (
+        capsys.readouterr().err)
+
+
+def test_ensemble_weights_mix_the_members_unequally(checkpoint, astronaut, tmp_path, capsys):
+    """--ensemble-weights 3 1: the mean is 3/4 of the first member's plus 1/4 of the second's;
+    a wrong count or a weight <= 0 is refused naming the option (and the checkpoint)."""
+    other = write_checkpoint(tmp_path / "other.pth", size=64, seed=1)
+    crops = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    first = load_age_model(str(checkpoint)).predict(crops)
+    second = load_age_model(str(other)).predict(crops)
+    weighted = load_age_model(str(checkpoint), ensemble=[str(other)], weights=[3, 1]
+                              ).predict(crops)
+    assert not np.allclose(first.age, second.age, atol=0.1)
+    assert np.allclose(weighted.age, 0.75 * first.age + 0.25 * second.age, atol=1e-3)
+    # the law of total variance with weights 3/4, 1/4: sqrt(w1 w2) |m1 - m2|
+    assert np.allclose(weighted.std_epistemic, np.sqrt(3 / 16) * np.abs(first.age - second.age),
+                       atol=1e-3)
+    image = str(write_bgr(tmp_path / "a.png", astronaut))
+    base = ["--image", image, "--resume", str(checkpoint), "--ensemble", str(other)]
+    assert demo.main([*base, "--ensemble-weights", "1"]) == 2
+    assert "--ensemble-weights: 1 weights for 2 checkpoints" in capsys.readouterr().err
+    assert demo.main([*base, "--ensemble-weights", "1", "0"]) == 2
+    assert f"--ensemble-weights: 0.0 for {other}: expected a weight > 0" in (
+        capsys.readouterr().err)
+    assert demo.main(["--onnx", str(tmp_path / "nope.onnx"), "--ensemble-weights", "1"]) == 2
+    assert "its weights" in capsys.readouterr().err
 
 
 def test_point_median_shows_the_mixture_median(checkpoint, astronaut, tmp_path, capsys):

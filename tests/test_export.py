@@ -224,6 +224,19 @@ def test_ensemble_card_lists_members_and_refuses_a_summary_of_other_models(check
     text = card.read_text()
     assert "--tta identity,flip --point median`" in text
     assert "point estimate: the median" in text
+    # A weighted ensemble's summary (test.py --ensemble-weights, in its own checkpoint order):
+    # the usage line gives each member its weight, in the card's order.
+    summary["inference"]["weights"] = [3, 1]  # members[1] weighs 3, members[0] 1
+    test_json.write_text(json.dumps(summary))
+    assert bundle_model(["--members", *map(str, members), "--test_json", str(test_json)]) == 0
+    assert (f"--resume {members[0]} --ensemble {members[1]} --ensemble-weights 1 3 --tta "
+            f"identity,flip --point median`") in card.read_text()
+    cross_json = tmp_path / "cross.json"
+    cross_json.write_text(json.dumps({**summary, "inference": {**summary["inference"],
+                                                               "weights": [1, 3]}}))
+    assert bundle_model(["--members", *map(str, members), "--test_json", str(test_json),
+                         "--cross_dataset_json", str(cross_json)]) == 2
+    del summary["inference"]["weights"]
     # A summary of one member alone (or of other models) is refused: not the ensemble's numbers.
     summary["inference"]["checkpoints"] = [str(members[0])]
     test_json.write_text(json.dumps(summary))

@@ -76,7 +76,8 @@ def test_tta_mc_dropout_ensemble_and_sigma_scaling(tiny_run):
 
 def test_ensemble_of_members_at_different_input_sizes(tiny_run, tmp_path):
     """Each member sees the images at its own MODEL.IMG_SIZE; the mixture weighs every member
-    equally (two 32 px checkpoints and one 40 px one: the mean of the three predictions)."""
+    equally (two 32 px checkpoints and one 40 px one: the mean of the three predictions), or
+    by --ensemble-weights."""
     root = tiny_run.parent
     other = tmp_path / "run40"
     run("train.py", "--cfg", str(tiny_run / "config.yaml"), "OUTPUT_DIR", str(other),
@@ -97,6 +98,19 @@ def test_ensemble_of_members_at_different_input_sizes(tiny_run, tmp_path):
     aleatoric = np.stack([s["std_aleatoric"].to_numpy() for s in singles])
     assert np.allclose(mixed["std_aleatoric"], np.sqrt((aleatoric ** 2).mean(axis=0)), atol=1e-3)
     assert not np.allclose(singles[1]["pred"], singles[0]["pred"], atol=1e-2)
+    # --ensemble-weights: members mixed 1:2:3 across the two input sizes
+    weighted = tmp_path / "weighted.csv"
+    run("test.py", "--resume", str(members[0]), "--ensemble", *map(str, members[1:]),
+        "--ensemble-weights", "1", "2", "3", "--workers", "0", "--out", str(weighted))
+    w = np.array([1, 2, 3])[:, None] / 6
+    assert np.allclose(pd.read_csv(weighted)["pred"], (w * means).sum(axis=0), atol=1e-3)
+    summary = json.loads(weighted.with_suffix(".json").read_text())
+    assert summary["inference"]["weights"] == [1, 2, 3]
+    refused = subprocess.run([sys.executable, "test.py", "--resume", str(members[0]),
+                              "--ensemble", str(members[1]), "--ensemble-weights", "1", "-2"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert f"--ensemble-weights: -2.0 for {members[1]}: expected a weight > 0" in refused.stderr
     # the test split was cached at both sizes
     sizes = {p.name.split("_")[1] for p in (root / "cache").glob("*-test_*.json")}
     assert sizes >= {"32px", "40px"}

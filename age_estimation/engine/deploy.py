@@ -100,11 +100,28 @@ def _check_same_model(summary: dict[str, Any], checkpoints: Sequence[Path],
     evaluated = summary.get("inference", {}).get("checkpoints")
     if evaluated is None:  # a summary without provenance: nothing to check
         return
-    paths = [Path(p) / "last.pth" if Path(p).is_dir() else Path(p) for p in evaluated]
-    # The mixture does not depend on the members' order, only on which (and how many) they are.
-    if sorted(p.resolve() for p in paths) != sorted(c.resolve() for c in checkpoints):
+    # The mixture does not depend on the members' order, only on which (and how many) they are
+    # and, with --ensemble-weights, on each one's weight (checked by ensemble_card_fields).
+    if sorted(p for p, _ in _member_weights(summary)) != sorted(c.resolve() for c in checkpoints):
         raise ValueError(f"{test_json} evaluated {', '.join(map(str, evaluated))}, not "
                          f"{', '.join(map(str, checkpoints))}: bundle what was tested")
+
+
+def _member_weights(summary: dict[str, Any]) -> list[tuple[Path, float]]:
+    """(resolved checkpoint, weight) of each model a test.py summary evaluated, in its order;
+    weight 1 for each when they were mixed equally (no --ensemble-weights)."""
+    inference = summary.get("inference", {})
+    evaluated = [Path(p) / "last.pth" if Path(p).is_dir() else Path(p)
+                 for p in inference.get("checkpoints") or []]
+    weights = inference.get("weights") or [1.0] * len(evaluated)
+    return [(p.resolve(), float(w)) for p, w in zip(evaluated, weights)]
+
+
+def _mixture_shares(summary_json: str | Path) -> list[tuple[Path, float]]:
+    """_member_weights normalised to sum 1, sorted: equal for two summaries of one mixture."""
+    weights = _member_weights(json.loads(Path(summary_json).read_text()))
+    total = sum(w for _, w in weights) or 1.0
+    return sorted((p, round(w / total, 9)) for p, w in weights)
 
 
 def _evaluation_meta(test_json: str | Path, checkpoints: Sequence[Path]) -> dict[str, Any]:
@@ -256,15 +273,24 @@ def ensemble_card_fields(bundles: Sequence[str | Path], test_json: str | Path | 
     total = sum(b.stat().st_size for b in bundles) / 2**20
     test = _evaluation_meta(test_json, bundles) if test_json else {}
     cross = _evaluation_meta(cross_dataset_json, bundles) if cross_dataset_json else {}
+    if test_json and cross_dataset_json and (_mixture_shares(test_json)
+                                             != _mixture_shares(cross_dataset_json)):
+        raise ValueError(f"{test_json} and {cross_dataset_json} weighted the members "
+                         f"differently (--ensemble-weights): one ensemble per card")
     first, others = bundles[0], " ".join(map(str, bundles[1:]))
+    weights = dict(_member_weights(json.loads(Path(test_json).read_text()))) if test_json else {}
+    member_weights = [weights.get(b.resolve(), 1.0) for b in bundles]
+    options = ""
+    if len(set(member_weights)) > 1:
+        options += " --ensemble-weights " + " ".join(f"{w:g}" for w in member_weights)
     views = test.get("tta") or ["identity"]
-    tta = f" --tta {','.join(views)}" if list(views) != ["identity"] else ""
-    tta += " --point median" if test.get("point") == "median" else ""
+    options += f" --tta {','.join(views)}" if list(views) != ["identity"] else ""
+    options += " --point median" if test.get("point") == "median" else ""
     return {
         "members": ("\n\n| file | architecture | source | command | training time to that epoch |\n"
                     "| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"),
         "files": f"{len(bundles)} files, {total:.1f} MiB in all",
-        "usage": f"`python demo.py --resume {first} --ensemble {others}{tta}` (the test "
+        "usage": f"`python demo.py --resume {first} --ensemble {others}{options}` (the test "
                  f"split's inference; the same options work for test.py)",
         "test": _evaluation_line(test) if test else "not evaluated (pass --test_json)",
         "by_age_group": _age_group_table(test) if test else "not evaluated",

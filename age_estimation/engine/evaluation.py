@@ -49,12 +49,15 @@ def predictions_frame(records: Sequence[Record], outputs: dict[str, np.ndarray],
 
 def predict_outputs(models: Sequence[AgeModel], cfg: CfgNode, records: Sequence[Record],
                     images: np.ndarray, views: Sequence[str] = ("identity",),
-                    mc_samples: int = 0, device: str = "cpu") -> dict[str, np.ndarray]:
-    """predict_loader's arrays for every cached image with the given model(s) and inference
-    options, plus `id` (the records' ids, so that outputs of several caches can be matched)."""
+                    mc_samples: int = 0, device: str = "cpu",
+                    weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """predict_loader's arrays for every cached image with the given model(s) (mixed with
+    `weights`, default equal) and inference options, plus `id` (the records' ids, so that
+    outputs of several caches can be matched)."""
     loader = eval_loader(cfg, list(records), images)
     outputs = predict_loader(models, loader, views, mc_samples,
-                             amp=amp_enabled(cfg.TRAIN.AMP, device), device=device)
+                             amp=amp_enabled(cfg.TRAIN.AMP, device), device=device,
+                             weights=weights)
     outputs["id"] = np.array([records[i].id for i in outputs["index"]], dtype=object)
     return outputs
 

@@ -44,6 +44,23 @@ def combine(members: Sequence[Prediction], weights: Sequence[float] | None = Non
                       _mixture_probs([m.probs for m in members], w))
 
 
+def member_weights(weights: Sequence[float] | None, checkpoints: Sequence[object]
+                   ) -> list[float] | None:
+    """Validated ensemble weights (test.py / demo.py --ensemble-weights): None (equal weights),
+    or one positive weight per checkpoint (--resume first). Raises ValueError naming the option
+    and, for a bad weight, its checkpoint."""
+    if not weights:
+        return None
+    if len(weights) != len(checkpoints):
+        raise ValueError(f"--ensemble-weights: {len(weights)} weights for {len(checkpoints)} "
+                         f"checkpoints (--resume, then --ensemble); expected one per checkpoint")
+    for weight, path in zip(weights, checkpoints):
+        if not (0 < weight < float("inf")):  # also refuses NaN
+            raise ValueError(f"--ensemble-weights: {weight} for {path}: expected a weight > 0 "
+                             f"(leave a checkpoint out rather than weighting it 0)")
+    return [float(w) for w in weights]
+
+
 def _mixture_probs(member_probs: Sequence[Tensor | None], w: Tensor) -> Tensor | None:
     """Weighted mean of the members' [B, K_i] age distributions, zero-padded to the largest K;
     None unless every member has one. `w` is combine's [M, 1, ...] weight tensor."""
@@ -181,13 +198,16 @@ def prediction_from_columns(columns: dict[str, np.ndarray]) -> Prediction:
 @torch.no_grad()
 def predict_loader(models: Sequence[AgeModel], batches: Iterable[dict[str, Tensor]],
                    views: Sequence[str] = ("identity",), mc_samples: int = 0,
-                   amp: bool = False, device: str = "cpu") -> dict[str, np.ndarray]:
-    """Run every model (ensemble members) over every batch; returns arrays keyed index and
-    PREDICTION_COLUMNS (+ probs, see prediction_columns), one row per image, in loader order."""
+                   amp: bool = False, device: str = "cpu",
+                   weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """Run every model (ensemble members, mixed with `weights`, default equal) over every batch;
+    returns arrays keyed index and PREDICTION_COLUMNS (+ probs, see prediction_columns), one row
+    per image, in loader order."""
     index, parts = [], []
     for batch in batches:
         images = batch["image"].to(device)
-        prediction = combine([predict_batch(m, images, views, mc_samples, amp) for m in models])
+        prediction = combine([predict_batch(m, images, views, mc_samples, amp) for m in models],
+                             weights)
         index.append(batch["index"].numpy())
         parts.append(prediction_columns(prediction))
     if not parts:
