@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
+        # Settings that would only fail after every candidate has predicted: refused first.
+        if args.steps < 1 or args.folds < 2:
+            raise ValueError(f"--steps {args.steps} --folds {args.folds}: expected at least 1 "
+                             f"step and 2 folds")
         views = parse_tta(args.tta)
         kind, root = parse_data_spec(args.data) if args.data else ("", "")
         candidates, splits = [], {}

@@ -143,4 +143,7 @@ def test_select_ensemble_script_names_a_missing_checkpoint(tmp_path, capsys):
     assert load_script("select_ensemble").main(
         [str(tmp_path / "nope.pth"), "--out-dir", str(tmp_path / "out")]) == 2
     assert "nope.pth" in capsys.readouterr().err
+    assert load_script("select_ensemble").main(
+        [str(tmp_path / "nope.pth"), "--out-dir", str(tmp_path / "out"), "--folds", "1"]) == 2
+    assert "--folds 1: expected at least 1 step and 2 folds" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

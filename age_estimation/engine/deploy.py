@@ -117,9 +117,8 @@ def _member_weights(summary: dict[str, Any]) -> list[tuple[Path, float]]:
     return [(p.resolve(), float(w)) for p, w in zip(evaluated, weights)]
 
 
-def _mixture_shares(summary_json: str | Path) -> list[tuple[Path, float]]:
+def _mixture_shares(weights: list[tuple[Path, float]]) -> list[tuple[Path, float]]:
     """_member_weights normalised to sum 1, sorted: equal for two summaries of one mixture."""
-    weights = _member_weights(json.loads(Path(summary_json).read_text()))
     total = sum(w for _, w in weights) or 1.0
     return sorted((p, round(w / total, 9)) for p, w in weights)
 
@@ -273,12 +272,15 @@ def ensemble_card_fields(bundles: Sequence[str | Path], test_json: str | Path | 
     total = sum(b.stat().st_size for b in bundles) / 2**20
     test = _evaluation_meta(test_json, bundles) if test_json else {}
     cross = _evaluation_meta(cross_dataset_json, bundles) if cross_dataset_json else {}
-    if test_json and cross_dataset_json and (_mixture_shares(test_json)
-                                             != _mixture_shares(cross_dataset_json)):
+    test_weights, cross_weights = (
+        _member_weights(json.loads(Path(f).read_text())) if f else []
+        for f in (test_json, cross_dataset_json))
+    if test_weights and cross_weights and (_mixture_shares(test_weights)
+                                           != _mixture_shares(cross_weights)):
         raise ValueError(f"{test_json} and {cross_dataset_json} weighted the members "
                          f"differently (--ensemble-weights): one ensemble per card")
     first, others = bundles[0], " ".join(map(str, bundles[1:]))
-    weights = dict(_member_weights(json.loads(Path(test_json).read_text()))) if test_json else {}
+    weights = dict(test_weights)
     member_weights = [weights.get(b.resolve(), 1.0) for b in bundles]
     options = ""
     if len(set(member_weights)) > 1:
