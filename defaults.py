@@ -180,7 +180,8 @@ _C.TRAIN.EVAL_EVERY = 1
 # torch CPU threads (0 = torch's default).
 _C.TRAIN.THREADS = 0
 # Also write last.pth every N optimisation steps within an epoch (0 = only at epoch ends); a
-# killed run then resumes mid-epoch, losing at most N steps.
+# killed run then resumes mid-epoch, losing at most N steps (the epoch's time up to the
+# checkpoint is kept, so metrics.csv's epoch_seconds still counts it).
 _C.TRAIN.CHECKPOINT_STEPS = 0
 # Exponential moving average of the weights (timm's ModelEmaV3 with warmup; 0 = off, e.g.
 # 0.999): validation, best.pth and test.py use the averaged weights; checkpoints also keep the

@@ -109,6 +109,11 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
     state = load_checkpoint(killed)
     assert (state["epoch"], state["step"]) == (1, 4)
     assert pd.read_csv(killed / "metrics.csv")["epoch"].tolist() == [1]
+    # The epoch's time before the kill is in the checkpoint and counts in its epoch_seconds:
+    # made 1000 s here, the resumed epoch must report at least that.
+    assert 0 < state["epoch_stats"]["seconds"] < 600
+    state["epoch_stats"]["seconds"] = 1000.0
+    save_checkpoint(state, killed / "last.pth")
 
     (killed / ".last.pth.x1y2.tmp").write_bytes(b"PK torn")  # as a kill during a save leaves
 
@@ -133,6 +138,8 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
     columns = ["epoch", "train_loss", "valid_mae", "lr", "skipped_nonfinite"]
     pd.testing.assert_frame_equal(pd.read_csv(killed / "metrics.csv")[columns],
                                   pd.read_csv(reference / "metrics.csv")[columns])
+    seconds = pd.read_csv(killed / "metrics.csv").set_index("epoch")["epoch_seconds"]
+    assert 1000 < seconds[2] < 1600 and seconds[1] < 600
     assert list(killed.glob(".*.tmp")) == []
 
 

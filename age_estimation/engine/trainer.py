@@ -245,7 +245,7 @@ class Trainer:
         self.ema = (ModelEmaV3(self.model, decay=cfg.TRAIN.EMA_DECAY, use_warmup=True)
                     if cfg.TRAIN.EMA_DECAY else None)
         self.start_epoch, self.start_step, self.best_mae = 0, 0, math.inf
-        self.epoch_stats = self._new_stats()
+        self.epoch_stats, self.epoch_start = self._new_stats(), time.perf_counter()
         if resume:
             self._resume(resume)
         logger.info("train %d images, valid %d, %d steps/epoch, %s on %s x %d",
@@ -261,8 +261,10 @@ class Trainer:
 
     @staticmethod
     def _new_stats() -> dict:
-        """Running sums of an epoch, checkpointed mid-epoch so a resumed epoch reports the same."""
-        return {"loss_sum": 0.0, "seen": 0, "skipped": 0}
+        """Running sums of an epoch, checkpointed mid-epoch so a resumed epoch reports the same
+        (seconds: the epoch's time up to the newest mid-epoch checkpoint, so that its
+        epoch_seconds, and a run's training time, count the steps done before a kill)."""
+        return {"loss_sum": 0.0, "seen": 0, "skipped": 0, "seconds": 0.0}
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _rng_states(self) -> list[dict]:
@@ -395,6 +397,7 @@ class Trainer:
                 progress.set_postfix(loss=f"{stats['loss_sum'] / stats['seen']:.3f}")
             every = cfg.TRAIN.CHECKPOINT_STEPS
             if every and (step + 1) % every == 0 and step + 1 < self.steps_per_epoch:
+                stats["seconds"] = time.perf_counter() - self.epoch_start
                 self._save("last.pth", self._rng_states(), epoch, step + 1)
         if stats["skipped"] == self.steps_per_epoch:
             raise NonFiniteLossError(f"every batch of epoch {epoch + 1} had a non-finite loss: "
@@ -449,7 +452,9 @@ class Trainer:
             (self.out / "config.yaml").write_text(cfg.dump())
             writer = SummaryWriter(str(self.out / "tb"))
         for epoch in range(self.start_epoch, cfg.TRAIN.EPOCHS):
-            start = time.perf_counter()
+            # A resumed epoch's clock starts at the time it had run until its checkpoint
+            # (checkpoints from before that was recorded: 0).
+            self.epoch_start = time.perf_counter() - self.epoch_stats.get("seconds", 0.0)
             train_loss, speed = self.train_one_epoch(
                 epoch, self.start_step if epoch == self.start_epoch else 0)
             rngs = self._rng_states()
@@ -464,7 +469,8 @@ class Trainer:
                     self._save("best.pth", rngs, epoch + 1)
                     frame.to_csv(self.out / "predictions_valid.csv", index=False)
             lr = self.optimizer.param_groups[0]["lr"]
-            row = (epoch + 1, train_loss, valid_mae, lr, time.perf_counter() - start, speed,
+            seconds = time.perf_counter() - self.epoch_start
+            row = (epoch + 1, train_loss, valid_mae, lr, seconds, speed,
                    self.epoch_stats["skipped"])
             self.epoch_stats = self._new_stats()
             if writer is not None:
