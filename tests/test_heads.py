@@ -147,6 +147,17 @@ def test_corn_conditional_decoding_and_task_subsets():
     assert loss.item() == pytest.approx(6 * math.log(2), rel=1e-5)
 
 
+@pytest.mark.parametrize("method", ["coral", "corn"])
+def test_ordinal_loss_of_a_fractional_age_interpolates_the_whole_ages(method):
+    # A teacher's age 30.25 is age 30 with weight 0.75 and age 31 with weight 0.25; before,
+    # CORN rounded it to 30 and lost the fraction a distilled student is taught.
+    head = make_head("ordinal", ORDINAL=method)
+    outputs = torch.randn(1, 100).repeat(3, 1)
+    loss = head.loss(outputs, {"age": torch.tensor([30.0, 31.0, 30.25])})
+    assert loss[2].item() == pytest.approx(0.75 * loss[0].item() + 0.25 * loss[1].item(), rel=1e-5)
+    assert loss[0].item() != pytest.approx(loss[1].item(), rel=1e-3)
+
+
 @pytest.mark.parametrize("variance", ["hetero", "homo"])
 def test_gaussian_nll_equals_the_closed_form(variance):
     head = make_head("gaussian", VARIANCE=variance)

@@ -265,16 +265,17 @@ class OrdinalHead(_AgeClasses):
     def loss(self, outputs: Tensor, batch: dict[str, Tensor]) -> Tensor:
         age = batch["age"].clamp(0, self.num_classes - 1)
         thresholds = self.ages[:-1]
-        if self.method == "coral":
-            # Soft levels: 1 where age > k + 1, the fractional part on the straddled threshold.
-            levels = (age[:, None] - thresholds).clamp(0, 1)
-            bce = F.binary_cross_entropy_with_logits(outputs, levels, reduction="none")
-            return bce.sum(dim=1)
-        # CORN trains task k only on images with age > k - 1 (integer ages).
-        age = age.round()
-        levels = (age[:, None] > thresholds).float()
-        active = (age[:, None] > thresholds - 1).float()
+        # Level k is 1 where age >= k + 1, 0 where age <= k, the fractional part between; a
+        # fractional age n + f is age n with weight 1 - f and n + 1 with weight f, and the BCE is
+        # linear in its target, so soft levels are its expected loss.
+        levels = (age[:, None] - thresholds).clamp(0, 1)
         bce = F.binary_cross_entropy_with_logits(outputs, levels, reduction="none")
+        if self.method == "coral":
+            return bce.sum(dim=1)
+        # CORN trains task k only on images with age > k - 1; for n + f, task n + 1 is active
+        # with weight f. So distillation keeps the teacher's fraction instead of rounding it
+        # away; whole ages give the paper's hard levels and task subsets.
+        active = (age[:, None] - thresholds + 1).clamp(0, 1)
         return (bce * active).sum(dim=1)
 
     def predict(self, outputs: Tensor) -> Prediction:
