@@ -162,26 +162,73 @@ def _boot_stats(
     return out
 
 
+def _cluster_boot_means(
+    samples: Sequence[np.ndarray], groups: np.ndarray, n_boot: int, seed: int
+) -> np.ndarray:
+    """Bootstrap distribution of mean(samples[0]) - mean(samples[1]) - ... when rows come in
+    correlated groups (the images of one person): each replicate draws whole groups with
+    replacement, shared by all arrays, and takes the mean over the images they hold."""
+    codes, n_groups = pd.factorize(groups)[0], pd.unique(groups).size
+    sizes = np.bincount(codes, minlength=n_groups)
+    sums = [np.bincount(codes, weights=x, minlength=n_groups) for x in samples]
+    # how often each group is drawn when n_groups groups are drawn with replacement
+    draws = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1 / n_groups),
+                                                    size=n_boot)
+    images = draws @ sizes
+    means = [draws @ total / images for total in sums]
+    return means[0] - sum(means[1:]) if len(means) > 1 else means[0]
+
+
+def _resampled(
+    samples: list[np.ndarray],
+    groups: ArrayLike | None,
+    statistic: Callable[..., Any],
+    n_boot: int,
+    seed: int,
+) -> np.ndarray:
+    """Bootstrap replicates of the rows of ``samples`` (already free of non-finite rows), or of
+    their ``groups`` when given (then only for the mean)."""
+    if groups is None:
+        return _boot_stats(samples, statistic, n_boot, seed)
+    if statistic is not np.mean:
+        raise ValueError("a cluster bootstrap (groups=) is implemented for the mean only")
+    return _cluster_boot_means(samples, np.asarray(groups), n_boot, seed)
+
+
+def _finite_rows(
+    arrays: list[np.ndarray], groups: ArrayLike | None
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The rows where every array is finite, of the arrays and of ``groups`` (one per row)."""
+    ok = np.logical_and.reduce([np.isfinite(x) for x in arrays])
+    if groups is None:
+        return [x[ok] for x in arrays], None
+    g = np.asarray(groups).reshape(-1)
+    if g.shape != ok.shape:
+        raise ValueError(f"groups has {g.size} rows, the values {ok.size}")
+    return [x[ok] for x in arrays], g[ok]
+
+
 def bootstrap_ci(
     values: ArrayLike,
     statistic: Callable[..., Any] = np.mean,
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: ArrayLike | None = None,
 ) -> tuple[float, float, float]:
     """Percentile bootstrap CI of ``statistic`` over the rows of a 1-D array.
 
     Returns (estimate on the full sample, low, high) at level 1 - alpha. Non-finite values are
     dropped; NaNs are returned for an empty sample. ``statistic`` should accept ``axis=`` (as
     numpy reductions do) to be vectorized; otherwise it is applied row by row. For the MAE, pass
-    the per-image absolute errors.
+    the per-image absolute errors. ``groups`` (one label per row, e.g. FG-NET's subject)
+    resamples whole groups instead of rows, for rows that are not independent (mean only).
     """
-    v = _arr(values)
-    v = v[np.isfinite(v)]
+    (v,), g = _finite_rows([_arr(values)], groups)
     if v.size == 0:
         return math.nan, math.nan, math.nan
     est = float(statistic(v))
-    boots = _boot_stats([v], statistic, n_boot, seed)
+    boots = _resampled([v], g, statistic, n_boot, seed)
     low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return est, float(low), float(high)
 
@@ -193,22 +240,23 @@ def bootstrap_diff_ci(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: ArrayLike | None = None,
 ) -> tuple[float, float, float]:
     """Paired percentile bootstrap CI of statistic(a) - statistic(b).
 
     ``a`` and ``b`` are per-image values of two methods on the same images (e.g. absolute
     errors), resampled with the same indices. Rows where either is non-finite are dropped.
-    The difference is significant at level alpha when the interval excludes 0.
+    The difference is significant at level alpha when the interval excludes 0. ``groups``
+    resamples whole groups of rows, as in :func:`bootstrap_ci`.
     """
     x, y = _arr(a), _arr(b)
     if x.shape != y.shape:
         raise ValueError(f"paired arrays differ in length: {x.shape} vs {y.shape}")
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
+    (x, y), g = _finite_rows([x, y], groups)
     if x.size == 0:
         return math.nan, math.nan, math.nan
     est = float(statistic(x)) - float(statistic(y))
-    boots = _boot_stats([x, y], statistic, n_boot, seed)
+    boots = _resampled([x, y], g, statistic, n_boot, seed)
     low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return est, float(low), float(high)
 

@@ -81,3 +81,55 @@ def test_seeds_with_different_labels_or_repeated_images_are_named(tmp_path, caps
     other = write(tmp_path / "other.csv", ["x"], [10.0], [11.0])
     assert compare_predictions([base, f"{base}+{other}"]) == 2
     assert "share no image ids" in capsys.readouterr().err
+
+
+def test_cluster_resamples_subjects_and_names_a_missing_column(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    subjects = np.repeat([f"{i:03d}" for i in range(10)], 20)
+    ids = [f"{s}A{j:02d}.JPG" for s, j in zip(subjects, np.tile(np.arange(20), 10))]
+    age = rng.uniform(1, 60, 200)
+    person = np.repeat(rng.normal(0, 6, 10), 20)  # errors shared by a person's photos
+    frame = pd.DataFrame({"id": ids, "age": age, "pred": age + person, "subject": subjects})
+    base = tmp_path / "base.csv"
+    frame.to_csv(base, index=False)
+    other = tmp_path / "other.csv"
+    frame.assign(pred=age + 0.8 * person).to_csv(other, index=False)
+
+    def diff_width(extra):
+        assert compare_predictions([str(base), str(other), *extra]) == 0
+        table = capsys.readouterr().out
+        low, high = (float(v) for v in
+                     table.strip().splitlines()[-1].split("|")[5].split("(")[1].rstrip(") ")
+                     .split(", "))
+        return table, high - low
+
+    clustered, width = diff_width(["--cluster", "subject"])
+    assert "resample whole `subject` groups (10 in the baseline)" in clustered
+    _, image_width = diff_width([])
+    assert width > 2 * image_width
+    no_subject = write(tmp_path / "plain.csv", ids, age, age)
+    assert compare_predictions([no_subject, str(other), "--cluster", "subject"]) == 2
+    err = capsys.readouterr().err
+    assert "plain.csv" in err and "subject" in err
+
+
+def test_level_widens_the_intervals_and_is_checked(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    ids = [f"img{i}" for i in range(300)]
+    age = rng.uniform(1, 90, 300)
+    noise = rng.normal(0, 6, 300)
+    base = write(tmp_path / "base.csv", ids, age, age + noise)
+    other = write(tmp_path / "other.csv", ids, age, age + 0.9 * noise + rng.normal(0, 1, 300))
+
+    def diff_interval(level):
+        assert compare_predictions([base, other, "--level", level]) == 0
+        table = capsys.readouterr().out
+        cell = table.strip().splitlines()[-1].split("|")[5]
+        return table, [float(v) for v in cell.split("(")[1].rstrip(") ").split(", ")]
+
+    table95, (low95, high95) = diff_interval("0.95")
+    table99, (low99, high99) = diff_interval("0.99")
+    assert "Δ MAE (95 % CI)" in table95 and "Δ MAE (99 % CI)" in table99
+    assert low99 < low95 < high95 < high99
+    assert compare_predictions([base, other, "--level", "95"]) == 2
+    assert "--level 95.0 is not a confidence level" in capsys.readouterr().err

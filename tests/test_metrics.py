@@ -329,3 +329,34 @@ def test_reliability_diagram_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     empty = metrics.reliability_diagram(_frame(with_std=False), tmp_path / "none.png")
     assert empty.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cluster_bootstrap_resamples_people_not_images():
+    # 12 people x 40 photos whose errors are mostly the person's: the photos are not 480
+    # independent draws, so the image bootstrap is too narrow and the cluster one is not
+    rng = np.random.default_rng(5)
+    person = rng.exponential(5.0, size=12)
+    groups = np.repeat([f"s{i:02d}" for i in range(12)], 40)
+    errors = np.repeat(person, 40) + rng.normal(0, 0.1, size=480)
+    est, lo, hi = metrics.bootstrap_ci(errors, groups=groups, n_boot=2000)
+    _, img_lo, img_hi = metrics.bootstrap_ci(errors, n_boot=2000)
+    _, person_lo, person_hi = metrics.bootstrap_ci(errors.reshape(12, 40).mean(1), n_boot=2000)
+    assert est == pytest.approx(errors.mean())
+    assert hi - lo > 3 * (img_hi - img_lo)
+    # with groups of equal size it is the bootstrap of the 12 people's mean errors
+    assert hi - lo == pytest.approx(person_hi - person_lo, rel=0.15)
+    # paired: B is a constant 0.2 better on every photo, whatever the person
+    diff = metrics.bootstrap_diff_ci(errors, errors - 0.2, groups=groups)
+    assert diff == pytest.approx((0.2, 0.2, 0.2))
+    # unequal groups: each replicate is a mean over the photos drawn, not over people
+    assert metrics.bootstrap_ci([1.0, 1.0, 1.0, 4.0], groups=["a", "a", "a", "b"])[0] == 1.75
+
+
+def test_cluster_bootstrap_checks_its_inputs():
+    with pytest.raises(ValueError, match="mean only"):
+        metrics.bootstrap_ci([1.0, 2.0], np.median, groups=["a", "b"])
+    with pytest.raises(ValueError, match="groups has 1 rows, the values 2"):
+        metrics.bootstrap_diff_ci([1.0, 2.0], [1.0, 2.0], groups=["a"])
+    # a non-finite row is dropped with its group label
+    est, lo, hi = metrics.bootstrap_ci([1.0, np.nan, 3.0], groups=["a", "b", "a"])
+    assert (est, lo, hi) == (2.0, 2.0, 2.0)
