@@ -15,7 +15,7 @@ are compared over several seeds and still paired by image. This is the expected 
 seed's model, not an ensemble's (average the predictions with ``test.py --ensemble`` for that).
 
 ``--cluster COLUMN`` resamples whole groups of images instead of images, for images that are
-not independent: FG-NET's ~24 photos of each of 41 people (``--cluster subject``; test.py
+not independent: FG-NET's ~12 photos of each of 41 people (``--cluster subject``; test.py
 writes the column). The intervals are then wider and honest about how many people were seen.
 """
 
