@@ -14,11 +14,21 @@ def write(path, ids, age, pred):
     return str(path)
 
 
+def labelled_images(n, seed):
+    """Image ids, ages and a baseline's errors (s.d. 6 years)."""
+    rng = np.random.default_rng(seed)
+    return [f"img{i}" for i in range(n)], rng.uniform(1, 90, n), rng.normal(0, 6, n), rng
+
+
+def last_diff_interval(table):
+    """(low, high) of the Δ column of the table's last row."""
+    cell = table.strip().splitlines()[-1].split("|")[5]
+    low, high = cell.split("(")[1].rstrip(") ").split(", ")
+    return float(low), float(high)
+
+
 def test_a_better_model_is_called_better_on_the_shared_images(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    ids = [f"img{i}" for i in range(400)]
-    age = rng.uniform(1, 90, 400)
-    noise = rng.normal(0, 6, 400)
+    ids, age, noise, _ = labelled_images(400, seed=0)
     base = write(tmp_path / "base.csv", ids, age, age + noise)
     # half the error on every image, and 100 images the baseline never saw
     better = write(tmp_path / "better.csv", ids[:300] + [f"x{i}" for i in range(100)],
@@ -98,9 +108,7 @@ def test_cluster_resamples_subjects_and_names_a_missing_column(tmp_path, capsys)
     def diff_width(extra):
         assert compare_predictions([str(base), str(other), *extra]) == 0
         table = capsys.readouterr().out
-        low, high = (float(v) for v in
-                     table.strip().splitlines()[-1].split("|")[5].split("(")[1].rstrip(") ")
-                     .split(", "))
+        low, high = last_diff_interval(table)
         return table, high - low
 
     clustered, width = diff_width(["--cluster", "subject"])
@@ -114,18 +122,14 @@ def test_cluster_resamples_subjects_and_names_a_missing_column(tmp_path, capsys)
 
 
 def test_level_widens_the_intervals_and_is_checked(tmp_path, capsys):
-    rng = np.random.default_rng(6)
-    ids = [f"img{i}" for i in range(300)]
-    age = rng.uniform(1, 90, 300)
-    noise = rng.normal(0, 6, 300)
+    ids, age, noise, rng = labelled_images(300, seed=6)
     base = write(tmp_path / "base.csv", ids, age, age + noise)
     other = write(tmp_path / "other.csv", ids, age, age + 0.9 * noise + rng.normal(0, 1, 300))
 
     def diff_interval(level):
         assert compare_predictions([base, other, "--level", level]) == 0
         table = capsys.readouterr().out
-        cell = table.strip().splitlines()[-1].split("|")[5]
-        return table, [float(v) for v in cell.split("(")[1].rstrip(") ").split(", ")]
+        return table, last_diff_interval(table)
 
     table95, (low95, high95) = diff_interval("0.95")
     table99, (low99, high99) = diff_interval("0.99")
