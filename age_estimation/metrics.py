@@ -168,15 +168,23 @@ def _cluster_boot_means(
     """Bootstrap distribution of mean(samples[0]) - mean(samples[1]) - ... when rows come in
     correlated groups (the images of one person): each replicate draws whole groups with
     replacement, shared by all arrays, and takes the mean over the images they hold."""
-    codes, n_groups = pd.factorize(groups)[0], pd.unique(groups).size
+    codes, labels = pd.factorize(groups)
+    n_groups = len(labels)
+    if n_groups < 2:
+        raise ValueError(f"a cluster bootstrap needs at least 2 groups, got {n_groups}: one "
+                         f"group says nothing about how the mean varies between groups")
     sizes = np.bincount(codes, minlength=n_groups)
-    sums = [np.bincount(codes, weights=x, minlength=n_groups) for x in samples]
-    # how often each group is drawn when n_groups groups are drawn with replacement
-    draws = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1 / n_groups),
-                                                    size=n_boot)
-    images = draws @ sizes
-    means = [draws @ total / images for total in sums]
-    return means[0] - sum(means[1:]) if len(means) > 1 else means[0]
+    sums = np.stack([np.bincount(codes, weights=x, minlength=n_groups) for x in samples], 1)
+    signs = np.r_[1.0, -np.ones(len(samples) - 1)]  # mean(a) - mean(b) - ...
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 4_000_000 // n_groups)  # bound memory: chunk x n_groups counts at a time
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        # how often each group is drawn when n_groups groups are drawn with replacement
+        draws = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups),
+                                size=min(chunk, n_boot - start))
+        out[start:start + len(draws)] = (draws @ sums / (draws @ sizes)[:, None]) @ signs
+    return out
 
 
 def _resampled(

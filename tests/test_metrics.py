@@ -355,8 +355,11 @@ def test_cluster_bootstrap_resamples_people_not_images():
 def test_cluster_bootstrap_checks_its_inputs():
     with pytest.raises(ValueError, match="mean only"):
         metrics.bootstrap_ci([1.0, 2.0], np.median, groups=["a", "b"])
+    with pytest.raises(ValueError, match="at least 2 groups, got 1"):
+        metrics.bootstrap_ci([1.0, 2.0, 3.0], groups=["a", "a", "a"])
     with pytest.raises(ValueError, match="groups has 1 rows, the values 2"):
         metrics.bootstrap_diff_ci([1.0, 2.0], [1.0, 2.0], groups=["a"])
     # a non-finite row is dropped with its group label
-    est, lo, hi = metrics.bootstrap_ci([1.0, np.nan, 3.0], groups=["a", "b", "a"])
+    est, lo, hi = metrics.bootstrap_ci([1.0, np.nan, 3.0, 1.0, 3.0],
+                                       groups=["a", "b", "a", "c", "c"])
     assert (est, lo, hi) == (2.0, 2.0, 2.0)
