@@ -119,6 +119,10 @@ def test_cluster_resamples_subjects_and_names_a_missing_column(tmp_path, capsys)
     assert compare_predictions([no_subject, str(other), "--cluster", "subject"]) == 2
     err = capsys.readouterr().err
     assert "plain.csv" in err and "subject" in err
+    unlabelled = tmp_path / "unlabelled.csv"
+    frame.assign(subject=[None, *subjects[1:]]).to_csv(unlabelled, index=False)
+    assert compare_predictions([str(unlabelled), str(other), "--cluster", "subject"]) == 2
+    assert f"image '{ids[0]}' has no subject" in capsys.readouterr().err
 
 
 def test_level_widens_the_intervals_and_is_checked(tmp_path, capsys):
